@@ -1,0 +1,233 @@
+"""YAML -> typed, validated config objects.
+
+`load_reco_config` and `load_reco_plus_config` read a YAML file into frozen dataclasses. An unknown key,
+a missing required key or a value of the wrong type raises `ConfigError` naming the key. The keys of the
+original ReCo YAML files keep their names and meanings; new keys have defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, missing, of the wrong type, or names a file that is not there."""
+
+
+@dataclass(frozen=True)
+class RecoWeights:
+    """Where each ReCo model's weights come from: a local file, a library tag (online only) or 'random'."""
+
+    clip: Optional[str] = None          # retrieval CLIP, e.g. ViT-L-14-336px.pt (OpenAI TorchScript archive)
+    dense_clip: Optional[str] = None    # DenseCLIP + text-attention CLIP, e.g. RN50x16.pt
+    encoder: Optional[str] = None       # dense encoder, e.g. deit_s_sin_dist.pth ({"model": state_dict})
+
+
+@dataclass(frozen=True)
+class RecoConfig:
+    # --- keys of the original ReCo YAML files
+    dir_ckpt: str
+    dir_dataset: Optional[str] = None
+    dir_imagenet: Optional[str] = None
+    imagenet_split: Literal["train", "val"] = "train"
+    dataset_name: Optional[Literal["cityscapes", "coco_stuff", "kitti_step"]] = None
+    clip_arch: str = "ViT-L/14@336px"
+    dense_clip_arch: str = "RN50x16"
+    dense_clip_inference: bool = True
+    encoder_arch: str = "DeiT-S/16-SIN"
+    patch_size: int = 16                # read for compatibility; the encoder's own patch size is used
+    batch_size: int = 16
+    context_categories: list[str] = field(default_factory=lambda: ["tree", "sky", "building", "road", "person"])
+    context_elimination: bool = True
+    n_imgs: int = 50
+    n_workers: int = 4
+    text_attention: bool = True
+    # --- added keys
+    weights: RecoWeights = field(default_factory=RecoWeights)
+    device: str = "auto"
+    seed: int = 0
+    suffix: str = ""                    # appended to the experiment name (the original --suffix)
+    crf_backend: Literal["auto", "pydensecrf", "torch"] = "auto"
+    crf_workers: Optional[int] = None   # processes of the pydensecrf pool; None -> n_workers
+    crf: bool = True                    # own images: refine with the dense CRF
+    reproduce_seed_slice_bug: bool = False
+    reference_aliases: dict[str, str] = field(default_factory=lambda: {"vegetation": "tree"})
+    n_visualisations: int = 10
+    clip_precision: Literal["auto", "fp32", "fp16"] = "auto"
+    index_batch_size: int = 64
+    index_shard_size: int = 8192
+    categories: Optional[list[str]] = None      # own images: class names (also --categories)
+    reference_cache_dir: Optional[str] = None   # own images: per-category cache; None -> {dir_ckpt}/references
+
+    @property
+    def experiment_name(self) -> str:
+        """SPEC 11: e.g. deit_s_16_sin_in_train_ce_ta (names the reference-embedding cache)."""
+        parts = [self.encoder_arch.replace("-", "_").replace("/", "_").lower(), f"in_{self.imagenet_split}"]
+        parts += ["ce"] if self.context_elimination else []
+        parts += ["ta"] if self.text_attention else []
+        parts += [self.suffix] if self.suffix else []
+        return "_".join(parts)
+
+    @property
+    def run_name(self) -> str:
+        """The run directory's experiment name: experiment_name + '_dc' with DenseCLIP inference."""
+        return self.experiment_name + ("_dc" if self.dense_clip_inference else "")
+
+
+@dataclass(frozen=True)
+class RecoPlusWeights:
+    backbone: Optional[str] = None      # ImageNet backbone: torchvision checkpoint path, 'IMAGENET1K_V1' or 'random'
+
+
+@dataclass(frozen=True)
+class RecoPlusConfig:
+    # --- keys of the original ReCo+ YAML files
+    dir_ckpt: str
+    dir_dataset: str
+    dataset_name: Literal["cityscapes", "coco_stuff", "kitti_step"]
+    dir_pseudo_masks: Optional[str] = None
+    batch_size: int = 8
+    iter_val: int = 1000
+    n_workers: int = 8
+    segmentor_name: str = "deeplabv3plus_resnet101"
+    # --- added keys
+    iter_train: int = 20000
+    weights: RecoPlusWeights = field(default_factory=RecoPlusWeights)
+    device: str = "auto"
+    seed: int = 0
+    crf_backend: Literal["auto", "pydensecrf", "torch"] = "auto"
+    crf_workers: Optional[int] = None
+    eval_batch_size: int = 16
+    lr: float = 5e-4                    # head learning rate; the backbone uses lr * backbone_lr_ratio
+    backbone_lr_ratio: float = 0.1
+    weight_decay: float = 2e-4
+    min_lr: float = 1e-6
+    amp: bool = True                    # mixed precision, CUDA only
+    crop_size: int = 320
+    n_visualisations: int = 10
+    log_every: int = 100
+
+
+def load_reco_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoConfig:
+    """Read a ReCo YAML file; `overrides` (e.g. from the command line) replace its values."""
+    return _load(RecoConfig, path, overrides)
+
+
+def load_reco_plus_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoPlusConfig:
+    """Read a ReCo+ YAML file; `overrides` replace its values."""
+    return _load(RecoPlusConfig, path, overrides)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict of a config (for writing the resolved config into a run directory)."""
+    return dataclasses.asdict(config)
+
+
+def require_dir(config: Any, key: str) -> Path:
+    """The directory named by `key`, or a ConfigError naming the key and the path."""
+    value = getattr(config, key)
+    if value is None:
+        raise ConfigError(f"{key}: not set in the config")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{key}: directory not found: {path}")
+    return path
+
+
+def require_file(key: str, value: Optional[str], what: str = "") -> Path:
+    """The file `value` configured under `key`, or a ConfigError naming both."""
+    if value is None:
+        raise ConfigError(f"{key}: not set in the config{f' (expected {what})' if what else ''}")
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}: file not found: {path}{f' (expected {what})' if what else ''}")
+    return path
+
+
+def _load(cls: type, path: str | os.PathLike, overrides: Optional[dict[str, Any]]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return _build(cls, raw, prefix="")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (known keys: {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"missing required key '{key}'")
+            continue
+        values[name] = _coerce(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            return tp()
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return _build(tp, value, prefix=key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for '{key}'")

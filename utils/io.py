@@ -1,0 +1,149 @@
+"""Safe file I/O: atomic writes and a restricted unpickler for the authors' published pickles.
+
+Every cache, checkpoint and result file goes through `atomic_write` (temp file in the same directory,
+fsync, rename), so an interrupted job never leaves a half-written file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def save_json(path: str | os.PathLike, obj: Any, indent: int = 2, sort_keys: bool = False) -> None:
+    """Atomically write JSON; NaN is written as the bare token NaN, as the original did."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=indent, sort_keys=sort_keys, allow_nan=True)
+        f.write("\n")
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Atomically `torch.save` a checkpoint or state_dict."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def save_pickle(obj: Any, path: str | os.PathLike) -> None:
+    """Atomically pickle `obj` (tensors should be on the CPU)."""
+    with atomic_write(path, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Atomically write a uint8 array as PNG: (H, W) -> mode "L", (H, W, 3) -> RGB."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"save_png expects uint8, got {array.dtype} for {path}")
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(array).save(f, format="PNG")
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list."""
+
+
+def _load_storage_from_bytes(data: bytes) -> Any:
+    # A storage inside a plain pickle is a nested torch.save archive; weights_only refuses code and
+    # map_location puts storages saved on CUDA onto the CPU.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _rebuild_device_tensor_from_numpy(data: Any, dtype: torch.dtype, device: str, requires_grad: bool):
+    tensor = torch.from_numpy(data).to(dtype=dtype)
+    tensor.requires_grad = requires_grad
+    return tensor
+
+
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): __import__("collections").OrderedDict,
+    ("builtins", "dict"): dict,
+    ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "int"): int,
+    ("builtins", "float"): float,
+    ("builtins", "complex"): complex,
+    ("builtins", "bool"): bool,
+    ("builtins", "str"): str,
+    ("builtins", "bytes"): bytes,
+    ("builtins", "bytearray"): bytearray,
+    ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): getattr(torch._utils, "_rebuild_tensor_v3", None),
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_device_tensor_from_numpy"): _rebuild_device_tensor_from_numpy,
+    ("torch", "Size"): torch.Size,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "scalar"): np.core.multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): np.core.multiarray.scalar,
+    ("torch", "device"): torch.device,
+}
+for _name in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool"):
+    _SAFE_GLOBALS[("torch", f"{_name}Storage")] = getattr(torch, f"{_name}Storage")
+for _dtype in ("float32", "float16", "float64", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool"):
+    _SAFE_GLOBALS[("torch", _dtype)] = getattr(torch, _dtype)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        target = _SAFE_GLOBALS.get((module, name))
+        if target is None:
+            raise UnsafePickleError(
+                f"refusing to unpickle global '{module}.{name}': only plain containers, numbers, strings, "
+                "numpy arrays and torch tensors are allowed"
+            )
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"refusing persistent id {pid!r} in a plain pickle")
+
+
+def safe_load_pickle(path: str | os.PathLike) -> Any:
+    """Load a pickle holding only dicts/lists/tuples/str/numbers, numpy arrays and torch tensors.
+
+    Tensors saved on CUDA land on the CPU. Any other global (a class, a function such as os.system)
+    raises `UnsafePickleError` naming it, before anything it refers to is called.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pickle not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return _RestrictedUnpickler(f).load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{path}: {e}") from None
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, RuntimeError) as e:
+        raise pickle.UnpicklingError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
