@@ -82,7 +82,15 @@ def _rebuild_device_tensor_from_numpy(data: Any, dtype: torch.dtype, device: str
     return tensor
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    # Protocol-2 pickles spell a bytes object as _codecs.encode(text, "latin1"); nothing else is allowed.
+    if encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode(encoding)
+
+
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_encode,
     ("collections", "OrderedDict"): __import__("collections").OrderedDict,
     ("builtins", "dict"): dict,
     ("builtins", "list"): list,
