@@ -64,7 +64,8 @@ class RecoConfig:
     index_batch_size: int = 64
     index_shard_size: int = 8192
     categories: Optional[list[str]] = None      # own images: class names (also --categories)
-    reference_cache_dir: Optional[str] = None   # own images: per-category cache; None -> {dir_ckpt}/references
+    reference_cache_dir: Optional[str] = None   # per-category reference cache; None -> {dir_ckpt}/references
+    image_short_side: Optional[int] = 320       # own images: shorter side for inference; None -> full size
 
     @property
     def experiment_name(self) -> str:
