@@ -1,0 +1,135 @@
+"""Class lists, palettes and label mappings of the benchmarks (SPEC 9.3, 10, 14.1).
+
+The JSON files live in `datasets/metadata/` beside this module (copied from the specification's data
+folder; the project never reads ../shared at run time). Every function returns a fresh copy, so callers
+may modify what they get without corrupting the cache.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+METADATA_DIR = Path(__file__).resolve().parent / "metadata"
+
+# The benchmarks ReCo evaluates on (config key `dataset_name`).
+DATASET_NAMES: tuple[str, ...] = ("cityscapes", "coco_stuff", "kitti_step")
+
+# Per benchmark: the file with the prediction categories, and the one with the palette.
+_CATEGORY_FILES = {
+    "cityscapes": "cityscapes_categories.json",
+    "coco_stuff": "coco_stuff_fine_categories_171.json",
+    "kitti_step": "kitti_step_categories.json",
+}
+_PALETTE_FILES = {
+    "cityscapes": "cityscapes_palette.json",
+    "coco_stuff": "coco_stuff_palette_512.json",
+    "kitti_step": "kitti_step_palette.json",
+}
+N_COCO_STUFF_FINE = 171
+N_COCO_STUFF_COARSE = 27
+N_COCO_STUFF_LABEL_IDS = 182  # 0-based ids in the COCO-Stuff PNG labels (11 of them unused)
+
+
+@lru_cache(maxsize=None)
+def _load(filename: str) -> Any:
+    path = METADATA_DIR / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"metadata file missing from the package: {path}")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _check_name(dataset_name: str) -> str:
+    if dataset_name not in DATASET_NAMES:
+        raise ValueError(f"unknown dataset_name {dataset_name!r}; known: {', '.join(DATASET_NAMES)}")
+    return dataset_name
+
+
+def categories(dataset_name: str) -> list[str]:
+    """Prediction category names in index order (cityscapes 27, coco_stuff 171 fine, kitti_step 19)."""
+    return list(_load(_CATEGORY_FILES[_check_name(dataset_name)]))
+
+
+def eval_categories(dataset_name: str) -> list[str]:
+    """Names of the scored classes: coco_stuff the 27 coarse classes, otherwise `categories`."""
+    if _check_name(dataset_name) == "coco_stuff":
+        return list(_load("coco_stuff_coarse_categories_27.json"))
+    return categories(dataset_name)
+
+
+def n_eval_classes(dataset_name: str) -> int:
+    """Number of scored classes (27, 27, 19): the `n_classes` of RunningScore."""
+    return len(eval_categories(dataset_name))
+
+
+def palette(dataset_name: str) -> np.ndarray:
+    """RGB colour of each scored class, uint8 (n_eval, 3).
+
+    coco_stuff: the first 27 entries of the 512-entry PASCAL VOC colormap (index = coarse label),
+    which equals `voc_colormap(27)`.
+    """
+    colours = np.asarray(_load(_PALETTE_FILES[_check_name(dataset_name)]), dtype=np.uint8)
+    return colours[: n_eval_classes(dataset_name)].copy()
+
+
+def voc_colormap(n: int = 512) -> np.ndarray:
+    """PASCAL VOC colormap (SPEC 10.2), uint8 (n, 3): bit k of the index goes to channel k % 3."""
+    colours = np.zeros((n, 3), dtype=np.uint8)
+    for index in range(n):
+        i, colour = index, [0, 0, 0]
+        for shift in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((i >> channel) & 1) << shift
+            i >>= 3
+        colours[index] = colour
+    return colours
+
+
+def prediction_to_eval(dataset_name: str) -> Optional[np.ndarray]:
+    """LUT mapping prediction indices to scored classes: coco_stuff int64 (171,) fine -> coarse, else None.
+
+    Apply as `lut[prediction]` to both the plain and the CRF argmax maps (SPEC 9.3).
+    """
+    if _check_name(dataset_name) != "coco_stuff":
+        return None
+    table = _load("coco_stuff_fine_171_to_coarse_27.json")
+    return _dense_lut(table, N_COCO_STUFF_FINE, "coco_stuff_fine_171_to_coarse_27.json")
+
+
+def coco_stuff_label_id_to_coarse() -> np.ndarray:
+    """int64 (182,) LUT: 0-based COCO-Stuff label id (as in the PNG/.mat GT) -> coarse class 0..26."""
+    table = _load("coco_stuff_label_id_0based_182_to_coarse_27.json")
+    return _dense_lut(table, N_COCO_STUFF_LABEL_IDS, "coco_stuff_label_id_0based_182_to_coarse_27.json")
+
+
+def coco_stuff_label_id_to_fine() -> np.ndarray:
+    """int64 (182,) LUT: 0-based COCO-Stuff label id -> fine index 0..170; the 11 unused ids -> -1."""
+    table = _load("coco_stuff_label_id_0based_182_to_fine_171.json")
+    lut = np.full(N_COCO_STUFF_LABEL_IDS, -1, dtype=np.int64)
+    for key, value in table.items():
+        lut[int(key)] = int(value)
+    return lut
+
+
+def context_categories() -> list[str]:
+    """The default context categories (SPEC 7.4): tree, sky, building, road, person."""
+    return list(_load("context_categories.json"))
+
+
+def categories_reusing_context_features(dataset_name: str) -> dict[str, str]:
+    """Benchmark category -> context category whose reference feature it reuses (SPEC 7.4, 15.9)."""
+    return dict(_load("benchmark_categories_reusing_context_features.json")[_check_name(dataset_name)])
+
+
+def _dense_lut(table: dict[str, int], n: int, filename: str) -> np.ndarray:
+    keys = sorted(int(k) for k in table)
+    if keys != list(range(n)):
+        raise ValueError(f"{filename}: expected keys 0..{n - 1}, got {len(keys)} keys")
+    lut = np.empty(n, dtype=np.int64)
+    for key, value in table.items():
+        lut[int(key)] = int(value)
+    return lut
