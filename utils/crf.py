@@ -1,0 +1,260 @@
+"""Dense CRF post-processing (SPEC 9.2), with two interchangeable backends.
+
+backend="pydensecrf": the original library, one process or a pool of worker processes.
+backend="torch": a PyTorch port of pydensecrf's permutohedral lattice (utils/permutohedral.py,
+SPEC 17) that runs batched on the logits' device (CPU or CUDA) and agrees with pydensecrf to ~1e-5.
+
+Callers pass RGB images; the reversal to BGR (the byte order the original fed to pydensecrf, which
+changes the result) happens here.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+from functools import lru_cache
+from typing import Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .permutohedral import LatticeOperator, MatrixOperator, build_lattice, lattice_operator
+
+MAX_ITER = 10
+POS_W, POS_XY_STD = 3.0, 1.0
+BI_W, BI_XY_STD, BI_RGB_STD = 4.0, 67.0, 3.0
+UNARY_CLIP = 1e-5
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKENDS = ("pydensecrf", "torch")
+
+ArrayLike = Union[np.ndarray, Tensor]
+
+
+def resolve_crf_backend(name: str, device: Union[str, torch.device, None] = None) -> str:
+    """'auto' -> 'torch' on CUDA devices, 'pydensecrf' otherwise; explicit names are returned as-is."""
+    if name == "auto":
+        return "torch" if device is not None and torch.device(device).type == "cuda" else "pydensecrf"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown CRF backend {name!r}; expected 'auto', 'pydensecrf' or 'torch'")
+    return name
+
+
+def denormalise_image(image: Tensor) -> np.ndarray:
+    """ImageNet-normalised (3, H, W) or (B, 3, H, W) float tensor -> uint8 RGB (H, W, 3) / (B, H, W, 3).
+
+    x * std + mean per channel, then exactly torchvision's to_pil_image conversion of a float
+    image, ``(x * 255).astype(np.uint8)``: truncation toward zero. Out-of-range values (never
+    produced by a real normalised image) follow the same NumPy cast as the original, no clamping.
+    """
+    if not isinstance(image, Tensor) or not image.is_floating_point():
+        raise ValueError("denormalise_image expects a floating-point torch tensor")
+    if image.ndim not in (3, 4) or image.shape[-3] != 3:
+        raise ValueError(f"denormalise_image expects (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+    x = image.detach().cpu()
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(3, 1, 1)
+    x = x * std + mean  # the original's t.mul_(s).add_(m), same float operations
+    return (x.movedim(-3, -1).numpy() * 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _as_images(images: ArrayLike, batched: bool) -> ArrayLike:
+    want = "(B, H, W, 3)" if batched else "(H, W, 3)"
+    if not isinstance(images, (np.ndarray, Tensor)):
+        raise ValueError(f"image must be a uint8 numpy array or tensor {want}, got {type(images).__name__}")
+    if images.dtype not in (np.uint8, torch.uint8):
+        raise ValueError(f"image must be uint8 {want} RGB, got dtype {images.dtype}")
+    if images.ndim != (4 if batched else 3) or images.shape[-1] != 3:
+        raise ValueError(f"image must be uint8 {want} RGB, got shape {tuple(images.shape)}")
+    if images.shape[-2] < 1 or images.shape[-3] < 1:
+        raise ValueError(f"image must not be empty, got shape {tuple(images.shape)}")
+    return images
+
+
+def _as_logits(logits: ArrayLike, batched: bool) -> Tensor:
+    want = "(B, C, H, W)" if batched else "(C, H, W)"
+    if isinstance(logits, np.ndarray):
+        logits = torch.from_numpy(logits)
+    if not isinstance(logits, Tensor) or not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor {want}")
+    if logits.ndim != (4 if batched else 3) or min(logits.shape) < 1:
+        raise ValueError(f"logits must be {want} with non-empty dimensions, got {tuple(logits.shape)}")
+    return logits.detach().float()
+
+
+def _probabilities(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, h, w) -> softmax over classes after bilinear resizing to size (the original's order)."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.softmax(logits, dim=1)
+
+
+# ----------------------------------------------------------------------------- pydensecrf backend
+
+def _pydensecrf_one(bgr: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One image: BGR uint8 (H, W, 3), softmax probabilities (C, H, W) float32 -> Q (C, H, W)."""
+    import pydensecrf.densecrf as dcrf  # imported lazily: optional at import time of this module
+
+    c, h, w = probs.shape
+    unary = np.ascontiguousarray(-np.log(np.clip(probs, UNARY_CLIP, 1.0)).reshape(c, -1).astype(np.float32))
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(unary)
+    crf.addPairwiseGaussian(sxy=POS_XY_STD, compat=POS_W)
+    crf.addPairwiseBilateral(sxy=BI_XY_STD, srgb=BI_RGB_STD, rgbim=bgr, compat=BI_W)
+    return np.array(crf.inference(MAX_ITER), dtype=np.float32).reshape(c, h, w)
+
+
+def _pydensecrf_task(args: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    return _pydensecrf_one(*args)
+
+
+_POOLS: dict[int, multiprocessing.pool.Pool] = {}
+
+
+def _get_pool(n_workers: int) -> multiprocessing.pool.Pool:
+    """A persistent worker pool (reused across calls; closed at exit or by shutdown_crf_pools)."""
+    pool = _POOLS.get(n_workers)
+    if pool is None:
+        # fork: workers only run NumPy + pydensecrf (never torch), and need no re-import of __main__.
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        pool = _POOLS[n_workers] = ctx.Pool(n_workers)
+    return pool
+
+
+def shutdown_crf_pools() -> None:
+    """Terminate the persistent pydensecrf worker pools."""
+    while _POOLS:
+        _, pool = _POOLS.popitem()
+        pool.terminate()
+        pool.join()
+
+
+atexit.register(shutdown_crf_pools)
+
+
+def _crf_pydensecrf(images: np.ndarray, probs: Tensor, n_workers: Optional[int]) -> Tensor:
+    bgr = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]
+    probs_np = probs.cpu().numpy()
+    tasks = list(zip(bgr, probs_np))
+    n_workers = (os.cpu_count() or 1) if n_workers is None else int(n_workers)
+    if n_workers <= 1 or len(tasks) == 1:
+        out = [_pydensecrf_task(t) for t in tasks]
+    else:
+        out = _get_pool(n_workers).map(_pydensecrf_task, tasks, chunksize=1)
+    return torch.from_numpy(np.stack(out))
+
+
+# ----------------------------------------------------------------------------- torch backend
+
+@lru_cache(maxsize=8)
+def _feature_table(n: int, scale: float) -> np.ndarray:
+    """float32 i / scale for i in 0..n-1, divided exactly as the C++ does (not times 1/scale)."""
+    return np.arange(n, dtype=np.float32) / np.float32(scale)
+
+
+def _normalised(lattice, weight: float) -> LatticeOperator:
+    """NORMALIZE_SYMMETRIC: weight * n^-1/2 K n^-1/2 with n = K 1 (self-term included)."""
+    op = lattice_operator(lattice)
+    norm = op.apply(torch.ones(lattice.vertex.shape[0], 1, device=lattice.vertex.device))[:, 0]
+    op.release()
+    scale = (1.0 / torch.sqrt(norm.double() + 1e-20)).float()  # 1/sqrt in double, like the C++
+    return op.rescaled(scale, scale * weight)
+
+
+@lru_cache(maxsize=4)
+def _gaussian_operator(height: int, width: int, device: torch.device) -> Union[MatrixOperator, LatticeOperator]:
+    """The Gaussian (positional) kernel depends only on the image size: built once and cached."""
+    x = torch.from_numpy(np.tile(_feature_table(width, POS_XY_STD), height))
+    y = torch.from_numpy(np.repeat(_feature_table(height, POS_XY_STD), width))
+    lattice = build_lattice(torch.stack([x, y], dim=1).to(device))
+    return _normalised(lattice, POS_W).to_matrix()
+
+
+def _bilateral_operator(images: Tensor) -> LatticeOperator:
+    """images (B, H, W, 3) uint8 BGR on the target device; pixels ordered (pixel, image)."""
+    b, h, w, _ = images.shape
+    dev = images.device
+    xs = torch.from_numpy(_feature_table(w, BI_XY_STD)).to(dev)
+    ys = torch.from_numpy(_feature_table(h, BI_XY_STD)).to(dev)
+    colour = torch.from_numpy(_feature_table(256, BI_RGB_STD)).to(dev)
+    feats = torch.empty(h, w, b, 5, dtype=torch.float32, device=dev)
+    feats[..., 0] = xs[None, :, None]
+    feats[..., 1] = ys[:, None, None]
+    feats[..., 2:] = colour[images.permute(1, 2, 0, 3).long()]
+    image_index = torch.arange(b, device=dev).repeat(h * w)
+    lattice = build_lattice(feats.reshape(-1, 5), image_index)
+    return _normalised(lattice, BI_W)
+
+
+def _crf_torch(images: Tensor, probs: Tensor) -> Tensor:
+    """images (B, H, W, 3) uint8 RGB, probs (B, C, H, W) on one device -> Q (B, C, H, W)."""
+    b, c, h, w = probs.shape
+    bgr = images.flip(-1)
+    gauss = _gaussian_operator(h, w, probs.device)
+    bilateral = _bilateral_operator(bgr)
+    # State laid out (pixel, image, class): the Gaussian lattice is shared by all images of the
+    # batch (they are columns), the bilateral one holds each image's pixels.
+    neg_unary = torch.log(probs.clamp(UNARY_CLIP, 1.0)).permute(2, 3, 0, 1).reshape(h * w * b, c)
+    q = torch.softmax(neg_unary, dim=1)
+    energy = torch.empty_like(q)
+    for _ in range(MAX_ITER):
+        # energy = (-U + 3 m_gauss) + 4 m_bilateral, the compat weights being folded into the kernels
+        energy.copy_(neg_unary)
+        gauss.apply(q.view(h * w, b * c), out=energy.view(h * w, b * c), accumulate=True)
+        bilateral.apply(q, out=energy, accumulate=True)
+        _softmax_(energy, out=q)
+    gauss.release()  # the cached Gaussian operator keeps no work buffers
+    return q.view(h, w, b, c).permute(2, 3, 0, 1).contiguous()
+
+
+def _softmax_(x: Tensor, out: Tensor) -> Tensor:
+    """Softmax over dim 1 (max-subtracted, like pydensecrf's expAndNormalize) into a preallocated
+    tensor: on CPU a fresh (P, C) tensor per iteration costs page faults."""
+    return torch._softmax(x, 1, False, out=out)  # the out= variant of torch.softmax
+
+
+# ----------------------------------------------------------------------------- public API
+
+@torch.no_grad()
+def dense_crf_batch(images: ArrayLike, logits: ArrayLike, backend: str = "torch",
+                    n_workers: Optional[int] = None, chunk_size: Optional[int] = None) -> Tensor:
+    """Dense CRF of a batch: images uint8 (B, H, W, 3) RGB, logits (B, C, h, w) -> probs (B, C, H, W).
+
+    logits are log-probabilities or scores; they are resized bilinearly to (H, W) and softmaxed.
+    backend "pydensecrf": n_workers processes (None -> all cores, <= 1 -> in this process).
+    backend "torch": on the logits' device, chunk_size images per lattice (None -> the whole batch
+    on CUDA, one image at a time on CPU, where batching saves nothing). "auto" picks by device.
+    Result: float32 on the logits' device.
+    """
+    images = _as_images(images, batched=True)
+    logits = _as_logits(logits, batched=True)
+    if images.shape[0] != logits.shape[0]:
+        raise ValueError(f"batch sizes differ: images {images.shape[0]}, logits {logits.shape[0]}")
+    device = logits.device
+    backend = resolve_crf_backend(backend, device)
+    size = (int(images.shape[1]), int(images.shape[2]))
+    if backend == "pydensecrf":
+        imgs = images.cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+        return _crf_pydensecrf(imgs, _probabilities(logits, size), n_workers).to(device)
+    imgs = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    imgs = imgs.to(device)
+    if chunk_size is None:
+        chunk_size = logits.shape[0] if device.type == "cuda" else 1
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    out = [_crf_torch(imgs[i : i + chunk_size], _probabilities(logits[i : i + chunk_size], size))
+           for i in range(0, logits.shape[0], chunk_size)]
+    return torch.cat(out)
+
+
+def dense_crf(image: ArrayLike, logits: ArrayLike, backend: str = "pydensecrf") -> Tensor:
+    """Dense CRF of one image (SPEC 9.2): image uint8 (H, W, 3) RGB, logits (C, h, w) tensor ->
+    probabilities (C, H, W) float32 on the logits' device."""
+    image = _as_images(image, batched=False)
+    logits = _as_logits(logits, batched=False)
+    return dense_crf_batch(image[None], logits[None], backend=backend, n_workers=1)[0]
