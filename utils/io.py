@@ -12,7 +12,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -126,8 +126,12 @@ for _dtype in ("float32", "float16", "float64", "bfloat16", "int64", "int32", "i
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, overrides: Optional[Mapping[tuple[str, str], Any]] = None) -> None:
+        super().__init__(file)
+        self._globals = {**_SAFE_GLOBALS, **(overrides or {})}
+
     def find_class(self, module: str, name: str) -> Any:
-        target = _SAFE_GLOBALS.get((module, name))
+        target = self._globals.get((module, name))
         if target is None:
             raise UnsafePickleError(
                 f"refusing to unpickle global '{module}.{name}': only plain containers, numbers, strings, "
@@ -139,18 +143,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise UnsafePickleError(f"refusing persistent id {pid!r} in a plain pickle")
 
 
-def safe_load_pickle(path: str | os.PathLike) -> Any:
+def safe_load_pickle(path: str | os.PathLike, overrides: Optional[Mapping[tuple[str, str], Any]] = None) -> Any:
     """Load a pickle holding only dicts/lists/tuples/str/numbers, numpy arrays and torch tensors.
 
     Tensors saved on CUDA land on the CPU. Any other global (a class, a function such as os.system)
     raises `UnsafePickleError` naming it, before anything it refers to is called.
+    `overrides` replaces the callables of allowed globals with the caller's own (e.g. a streaming
+    tensor decoder, reco.index.convert_published_pickle); it cannot allow any other global.
     """
     path = Path(path)
+    unknown = sorted(set(overrides or ()) - set(_SAFE_GLOBALS))
+    if unknown:
+        raise ValueError(f"overrides may only replace allowed globals, not {unknown}")
     if not path.is_file():
         raise FileNotFoundError(f"pickle not found: {path}")
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f).load()
+            return _RestrictedUnpickler(f, overrides).load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, RuntimeError) as e:
