@@ -1,0 +1,180 @@
+"""Benchmark stage of main_reco.py: reference embeddings, inference, CRF, metrics, pseudo-masks."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from datasets import metadata
+from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
+from entry.reco_common import build_dense_clip, build_encoder, compute_references
+from reco.inference import predict
+from reco.references import stack_references
+from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
+from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.device import resolve_device, setup_logging
+from utils.io import safe_load_pickle, save_json, save_pickle, save_png
+from utils.metrics import RunningScore, named_scores
+from utils.visualise import save_cosegmentation, save_panels
+
+logger = logging.getLogger("reco")
+
+
+def run_dir_of(config: RecoConfig, split: str) -> Path:
+    """{dir_ckpt}/{dataset_name}/{split}/reco/{experiment}[_dc]/k{n_imgs:03d} (SPEC 11)."""
+    return Path(config.dir_ckpt) / config.dataset_name / split / "reco" / config.run_name / f"k{config.n_imgs:03d}"
+
+
+def reference_pickle_path(config: RecoConfig) -> Path:
+    """{dir_dataset}/{experiment}_cat_to_img_feature_k{n_imgs}.pkl, the authors' file name (SPEC 8)."""
+    return Path(config.dir_dataset) / f"{config.experiment_name}_cat_to_img_feature_k{config.n_imgs}.pkl"
+
+
+def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
+    if config.dataset_name is None:
+        raise ConfigError("dataset_name: not set (cityscapes, coco_stuff or kitti_step)")
+    require_dir(config, "dir_dataset")
+    device = resolve_device(config.device)
+    run_dir = run_dir_of(config, split)
+    setup_logging(run_dir / "reco.log")
+    logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
+    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split}, sort_keys=True)
+    dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
+    categories = metadata.categories(config.dataset_name)
+
+    encoder = build_encoder(config, device)
+    dense = build_dense_clip(config, device)
+    references = load_or_compute_references(config, categories, device, encoder, dense, run_dir)
+    if references_only:
+        return {}
+    text = dense.embed_text(categories) if dense is not None and config.dense_clip_inference else None
+    return evaluate(
+        config, dataset, split, run_dir, device, encoder,
+        stack_references(references, categories).to(device),
+        dense.dense_clip if text is not None else None, text,
+    )
+
+
+def load_or_compute_references(config, categories, device, encoder, dense, run_dir) -> dict[str, torch.Tensor]:
+    """Read the reference pickle from dir_dataset (ours or the authors'), else compute and write it."""
+    path = reference_pickle_path(config)
+    if path.is_file():
+        logger.info("reading reference embeddings from %s", path)
+        return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
+
+    def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
+        size = tuple(images.shape[-2:])
+        maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        save_cosegmentation(run_dir / f"coseg_{name}.png", denormalise_image(images[:5].cpu()),
+                            maps.cpu().numpy(), title=name)
+
+    references = compute_references(config, categories, device, encoder, dense, on_reference=visualise)
+    save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
+    logger.info("wrote reference embeddings to %s", path)
+    return references
+
+
+def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Path) -> dict[str, torch.Tensor]:
+    """The published/cached pickle must hold one (dim,) embedding for exactly the benchmark's categories."""
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a dict category -> embedding, got {type(loaded).__name__}")
+    names = list(loaded)
+    if set(names) != set(categories):
+        missing = [c for c in categories if c not in loaded]
+        extra = [n for n in names if n not in categories]
+        raise ValueError(
+            f"{path} holds reference embeddings for other categories than this benchmark's "
+            f"{len(categories)} (missing: {missing[:10]}, unexpected: {extra[:10]}); delete it or use the "
+            "file published for this benchmark"
+        )
+    references = {}
+    for name in categories:
+        value = torch.as_tensor(loaded[name]).float().reshape(-1)
+        if value.numel() != dim:
+            raise ValueError(f"{path}: embedding of '{name}' has {value.numel()} values but the encoder "
+                             f"gives {dim}: the file was computed with another encoder")
+        references[name] = value
+    return references
+
+
+class _SkipUnreadable(Dataset):
+    """Wraps a benchmark so an unreadable image becomes a counted, logged skip instead of a crash."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self.dataset[index]
+        except (OSError, ValueError) as e:
+            return {"error": f"{self.dataset.image_paths[index]}: {e}"}
+
+
+def _collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    good = [item for item in items if "error" not in item]
+    batch = collate(good) if good else {"image": None}
+    batch["errors"] = [item["error"] for item in items if "error" in item]
+    return batch
+
+
+@torch.no_grad()
+def evaluate(config, dataset, split, run_dir, device, encoder, references, dense_clip, text) -> dict[str, Any]:
+    """Predict every image, refine with the CRF, score both and (train split) save the pseudo-masks."""
+    name = config.dataset_name
+    lut = metadata.prediction_to_eval(name)
+    lut = None if lut is None else torch.as_tensor(lut, device=device)
+    n_classes, palette = len(metadata.eval_categories(name)), metadata.palette(name)
+    crf_backend = resolve_crf_backend(config.crf_backend, device)
+    scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
+    loader = DataLoader(
+        _SkipUnreadable(dataset), num_workers=config.n_workers, pin_memory=device.type == "cuda",
+        collate_fn=_collate_readable,
+        batch_sampler=size_grouped_batches(dataset.image_sizes(), config.batch_size),
+    )
+    save_masks = split == "train"
+    skipped: list[str] = []
+    for i, batch in enumerate(tqdm(loader, desc=f"ReCo {name} {split}", unit="batch")):
+        skipped += batch["errors"]
+        for error in batch["errors"]:
+            logger.warning("skipped unreadable image %s", error)
+        if batch["image"] is None:
+            continue
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"]
+        probabilities = predict(images, encoder, references, dense_clip, text)  # (B, N, H, W)
+        rgb = denormalise_image(images.cpu())
+        refined = dense_crf_batch(rgb, torch.log_softmax(probabilities, dim=1), backend=crf_backend,
+                                  n_workers=config.crf_workers or config.n_workers)
+        pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)
+        if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
+            pred, pred_crf = lut[pred], lut[pred_crf]
+        pred, pred_crf = pred.cpu().numpy(), pred_crf.cpu().numpy()
+        scores.update(labels, pred)
+        scores_crf.update(labels, pred_crf)
+        if save_masks:
+            for j, mask_name in enumerate(batch["name"]):
+                save_png(run_dir / "dt" / mask_name, pred[j].astype(np.uint8))
+                save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
+        if i < config.n_visualisations:
+            save_panels(run_dir / f"{i:04d}.png", rgb[0], labels[0].numpy(), pred[0], pred_crf[0], palette)
+
+    class_names = metadata.eval_categories(name)
+    results = named_scores(scores.scores(), class_names)
+    results_crf = named_scores(scores_crf.scores(), class_names)
+    save_json(run_dir / "results.json", results)
+    save_json(run_dir / "results_crf.json", results_crf)
+    if skipped:
+        (run_dir / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
+        logger.warning("%d unreadable images skipped, listed in %s", len(skipped), run_dir / "skipped_images.txt")
+    logger.info("mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", results["Mean IoU"],
+                results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
+    return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}

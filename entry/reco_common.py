@@ -1,0 +1,205 @@
+"""Config -> models and reference embeddings, shared by the ReCo stages (entry-side: reads the config)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import networks
+from datasets import imagenet
+from networks.clip import DenseCLIP
+from reco.index import ensure_index, index_dir, published_pickle_path
+from reco.references import ReferenceCache, compute_reference_embeddings
+from reco.retrieval import retrieve_top_k
+from reco.text import text_embeddings
+from utils.config import ConfigError, RecoConfig, require_dir
+from utils.io import torch_save
+
+logger = logging.getLogger("reco")
+
+
+class DenseClipModels:
+    """DenseCLIP (visual, dense) and the text embeddings of its CLIP's text tower (memoised per name)."""
+
+    def __init__(self, dense_clip: nn.Module, clip_model: nn.Module, tokenizer: Callable) -> None:
+        self.dense_clip = dense_clip
+        self._clip_model, self._tokenizer = clip_model, tokenizer
+        self._embedded: dict[str, torch.Tensor] = {}
+
+    def embed_text(self, names: Sequence[str]) -> torch.Tensor:
+        """names -> (N, D) float32 text embeddings (SPEC 3)."""
+        new = [n for n in dict.fromkeys(names) if n not in self._embedded]
+        if new:
+            self._embedded.update(zip(new, text_embeddings(self._clip_model, self._tokenizer, new)))
+        return torch.stack([self._embedded[n] for n in names])
+
+
+def clip_precision(config: RecoConfig, device: torch.device) -> str:
+    """fp16 on CUDA mirrors the original's OpenAI CLIP; fp32 on CPU."""
+    if config.clip_precision != "auto":
+        return config.clip_precision
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def build_encoder(config: RecoConfig, device: torch.device) -> nn.Module:
+    return networks.build_encoder(config.encoder_arch, config.weights.encoder, key="weights.encoder").to(device)
+
+
+def build_dense_clip(config: RecoConfig, device: torch.device) -> Optional[DenseClipModels]:
+    """DenseCLIP and its text tower, or None when neither text attention nor DenseCLIP inference is on."""
+    if not (config.text_attention or config.dense_clip_inference):
+        return None
+    clip_model, tokenizer = networks.build_clip(
+        config.dense_clip_arch, config.weights.dense_clip, device=device,
+        precision=clip_precision(config, device), key="weights.dense_clip",
+    )
+    dense_clip = DenseCLIP(clip_model).to(device).eval()
+    return DenseClipModels(dense_clip, clip_model, tokenizer)
+
+
+class FileReferenceCache(ReferenceCache):
+    """One small file per category and setting: {root}/{setting}/{category}__{contexts hash}.pt."""
+
+    def __init__(self, root: Path, config: RecoConfig) -> None:
+        setting = "_".join([
+            _slug(config.encoder_arch), "retrieval", _slug(config.clip_arch), f"in_{config.imagenet_split}",
+            f"k{config.n_imgs}",
+        ] + ([f"ta_{_slug(config.dense_clip_arch)}"] if config.text_attention else [])
+          + (["slicebug"] if config.reproduce_seed_slice_bug else []))
+        self.directory = Path(root) / setting
+
+    def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
+        digest = hashlib.sha1("\n".join(contexts).encode()).hexdigest()[:10] if contexts else "none"
+        name_digest = hashlib.sha1(name.encode()).hexdigest()[:6]  # distinct names never share a file
+        return self.directory / f"{_slug(name)}_{name_digest}__ctx_{digest}.pt"
+
+    def get(self, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
+        path = self._path(name, contexts)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry["name"] == name and tuple(entry["contexts"]) == contexts:
+                return entry["reference"].float()
+        except Exception as e:  # a damaged cache entry is recomputed, never trusted
+            logger.warning("ignoring unreadable reference cache %s (%s)", path, e)
+        return None
+
+    def put(self, name: str, contexts: tuple[str, ...], reference: torch.Tensor) -> None:
+        torch_save({"name": name, "contexts": list(contexts), "reference": reference.detach().cpu()},
+                   self._path(name, contexts))
+
+
+def compute_references(
+    config: RecoConfig,
+    categories: Sequence[str],
+    device: torch.device,
+    encoder: nn.Module,
+    dense: Optional[DenseClipModels],
+    on_reference: Optional[Callable[[str, torch.Tensor, torch.Tensor], None]] = None,
+    build_missing_index: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Retrieve k ImageNet images per category and co-segment them (SPEC 4, 7), with the file cache."""
+    contexts = list(config.context_categories) if config.context_elimination else []
+    cache = FileReferenceCache(reference_cache_root(config), config)
+    names = list(dict.fromkeys(contexts + list(categories)))
+    missing = [n for n in names if not _cached_or_aliased(n, cache, contexts, config)]
+    paths: dict[str, list[Path]] = {}
+    if missing:
+        paths = retrieve(config, missing, device, build_missing_index)
+
+    def retrieve_images(name: str) -> torch.Tensor:
+        if name not in paths:  # cached when checked, but the entry became unreadable since
+            paths.update(retrieve(config, [name], device, build_missing_index))
+        return load_images(paths[name]).to(device)
+
+    text = None
+    if dense is not None and config.text_attention:
+        embedded = dense.embed_text(names)
+        text = {n: embedded[i] for i, n in enumerate(names)}
+    return compute_reference_embeddings(
+        categories,
+        retrieve_images,
+        encoder,
+        dense_clip=dense.dense_clip if dense is not None and config.text_attention else None,
+        text_embedding=(lambda n: text[n]) if text is not None else None,
+        context_categories=contexts,
+        aliases=config.reference_aliases,
+        reproduce_slice_bug=config.reproduce_seed_slice_bug,
+        cache=cache,
+        on_reference=on_reference,
+        progress=lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category"),
+    )
+
+
+def reference_cache_root(config: RecoConfig) -> Path:
+    return Path(config.reference_cache_dir or Path(config.dir_ckpt) / "references")
+
+
+def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
+             build_missing_index: bool = True) -> dict[str, list[Path]]:
+    """Top-k ImageNet image paths of each name, by CLIP text-to-image similarity on the index.
+
+    A missing index is built first (or converted from the authors' pickle) when `build_missing_index`;
+    otherwise the error says how to build it.
+    """
+    dir_imagenet = require_dir(config, "dir_imagenet")
+    if build_missing_index and not index_exists(dir_imagenet, config.clip_arch, config.imagenet_split):
+        from entry.reco_index import run_index_stage
+
+        logger.info("no ImageNet index yet: building it (every image of dir_imagenet is embedded once)")
+        run_index_stage(config)
+    clip_model, tokenizer = networks.build_clip(
+        config.clip_arch, config.weights.clip, device=device, precision=clip_precision(config, device),
+        key="weights.clip",
+    )
+    queries = text_embeddings(clip_model, tokenizer, list(names))
+    del clip_model
+    index = ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split, expected_dim=queries.shape[1])
+    if len(index.filenames) < config.n_imgs:
+        raise ConfigError(f"n_imgs: {config.n_imgs} images asked for but the index holds {len(index.filenames)}")
+    top = retrieve_top_k(queries, index.embeddings, config.n_imgs, device=device)
+    logger.info("retrieved %d images for each of %d categories", config.n_imgs, len(names))
+    return {
+        name: [imagenet.imagenet_path(dir_imagenet, config.imagenet_split, index.filenames[i]) for i in row]
+        for name, row in zip(names, top.tolist())
+    }
+
+
+def load_images(paths: Sequence[Path]) -> torch.Tensor:
+    """The retrieved images (k, 3, 224, 224); unreadable ones are skipped and logged."""
+    images, failed = [], []
+    for path in paths:
+        try:
+            images.append(imagenet.load_retrieved_images([path]))
+        except (OSError, ValueError) as e:
+            failed.append(f"{path} ({e})")
+    if failed:
+        logger.warning("skipped %d unreadable retrieved images: %s", len(failed), "; ".join(failed[:5]))
+    if not images:
+        raise ValueError(f"none of the {len(paths)} retrieved images could be read, e.g. {failed[0]}")
+    return torch.cat(images)
+
+
+def index_exists(dir_imagenet: Path, clip_arch: str, split: str) -> bool:
+    """True if the index is built or the authors' pickle is there to be converted."""
+    return (index_dir(dir_imagenet, clip_arch, split).exists()
+            or published_pickle_path(dir_imagenet, clip_arch, split).is_file())
+
+
+def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:
+    if name in contexts:
+        return cache.get(name, tuple(contexts[:contexts.index(name)])) is not None
+    if config.reference_aliases.get(name) in contexts:
+        return True
+    return cache.get(name, tuple(contexts)) is not None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "x"

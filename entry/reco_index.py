@@ -1,0 +1,64 @@
+"""Index stage of main_reco.py: embed every ImageNet image with CLIP into the on-disk index (torchrun-aware).
+
+    python main_reco.py --config CFG --stage index
+    torchrun --nproc_per_node=8 main_reco.py --config CFG --stage index
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import networks
+from datasets.imagenet import IndexBuildDataset, list_imagenet_images
+from entry.reco_common import clip_precision
+from reco.index import build_index, index_dir, published_pickle_path
+from utils import distributed
+from utils.config import RecoConfig, require_dir
+from utils.device import resolve_device, setup_logging
+
+logger = logging.getLogger("reco")
+
+
+def run_index_stage(config: RecoConfig) -> Path:
+    """Build {dir_imagenet}/index/{tag}_{split}/ unless it exists; resumes an interrupted build."""
+    dir_imagenet = require_dir(config, "dir_imagenet")
+    out_dir = index_dir(dir_imagenet, config.clip_arch, config.imagenet_split)
+    if (out_dir / "meta.json").is_file():
+        logger.info("index already built: %s", out_dir)
+        return out_dir
+    published = published_pickle_path(dir_imagenet, config.clip_arch, config.imagenet_split)
+    if published.is_file():
+        from reco.index import ensure_index
+
+        ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split)  # converts the authors' pickle
+        return out_dir
+    rank, world_size, _ = distributed.init_distributed()
+    try:
+        device = resolve_device(config.device)
+        if rank == 0:
+            setup_logging(out_dir.parent / f"build_{out_dir.name}.log")
+        clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
+                                            precision=clip_precision(config, device), key="weights.clip")
+        image_size = networks.clip_image_size(clip_model)
+        paths = list_imagenet_images(dir_imagenet, config.imagenet_split)
+        if not paths:
+            raise FileNotFoundError(
+                f"dir_imagenet: no images in {dir_imagenet / config.imagenet_split}/<wnid>/*.JPEG to build the "
+                f"index from; or put the authors' {published.name} into {dir_imagenet}")
+
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            return F.normalize(clip_model.encode_image(images.to(device, non_blocking=True)).float(), dim=-1)
+
+        meta = {"clip_arch": config.clip_arch, "split": config.imagenet_split, "image_size": image_size}
+        build_index(
+            paths, embed, out_dir, meta,
+            make_dataset=lambda subset: IndexBuildDataset(subset, image_size),
+            batch_size=config.index_batch_size, num_workers=config.n_workers, shard_size=config.index_shard_size,
+            device=device, rank=rank, world_size=world_size, barrier=distributed.barrier, logger=logger,
+        )
+    finally:
+        distributed.cleanup()
+    return out_dir

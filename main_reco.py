@@ -1,0 +1,70 @@
+"""ReCo entry point: build the ImageNet index, compute reference embeddings, evaluate a benchmark or
+write its pseudo-masks, or segment your own images with your own class names.
+
+    python main_reco.py --config configs/reco_cityscapes.yaml                 # evaluate on val
+    python main_reco.py --config configs/reco_cityscapes.yaml --split train   # pseudo-masks for ReCo+
+    python main_reco.py --config configs/reco_cityscapes.yaml --stage index   # only the ImageNet index
+    python main_reco.py --config configs/reco_custom.yaml --images DIR --categories "cat,grass" --out OUT
+
+This script and its stages in entry/ are the only code that reads the config: they build datasets and
+networks from it and hand them, as plain arguments, to the algorithm in reco/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from utils.config import ConfigError, load_reco_config  # noqa: E402
+from utils.device import seed_everything, setup_logging  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "--p_config", dest="config", required=True, help="YAML config file")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="val: evaluate; train: write pseudo-masks (dt/, dt_crf/) for ReCo+")
+    p.add_argument("--stage", choices=["all", "index", "references"], default="all",
+                   help="index: only build the ImageNet index (torchrun-aware); references: stop after "
+                        "the reference embeddings; all: everything that is missing, then evaluate")
+    p.add_argument("--images", help="segment the images in this folder (recursively)")
+    p.add_argument("--categories", help="own images: comma-separated class names or a text file, one per line")
+    p.add_argument("--out", help="own images: output folder")
+    p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")
+    p.add_argument("--suffix", help="override the config's experiment-name suffix")
+    p.add_argument("--no-crf", action="store_true", help="own images: skip the dense CRF")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
+        seed_everything(config.seed)
+        if args.stage == "index":
+            from entry.reco_index import run_index_stage
+
+            run_index_stage(config)
+        elif args.images is not None:
+            from entry.reco_own_images import run_own_images
+
+            run_own_images(config, args.images, args.categories, args.out, crf=config.crf and not args.no_crf)
+        else:
+            from entry.reco_benchmark import run_benchmark
+
+            run_benchmark(config, split=args.split, references_only=args.stage == "references")
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
+        if os.environ.get("RECO_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print("(set RECO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    setup_logging()
+    sys.exit(main())

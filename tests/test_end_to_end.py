@@ -1,0 +1,185 @@
+"""main_reco.py end to end on synthetic trees.
+
+The known-answer tests swap in the colour-coded CLIP, DenseCLIP and encoder of colour_models.py: every
+category has a colour, ImageNet images show one colour each, and scenes are painted in class colours.
+Retrieval, co-segmentation and inference must then segment the scenes almost perfectly, which a
+pipeline that merely runs cannot do.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import main_reco
+import networks
+from colour_models import ColourCLIP, ColourDenseCLIP, ColourEncoder, ColourTokenizer, distinct_colours
+from datasets import metadata
+from synthetic import CLASS_COLOURS, SCENE_CLASSES, write_cityscapes, write_imagenet
+
+SCENE_COLOUR_OF = {"vegetation": CLASS_COLOURS["vegetation"], "tree": CLASS_COLOURS["vegetation"],
+                   **{c: CLASS_COLOURS[c] for c in SCENE_CLASSES}}
+
+
+def colour_world(words):
+    """word -> colour index; scene classes keep their scene colour, `tree` shares vegetation's."""
+    fixed = [CLASS_COLOURS[c] for c in SCENE_CLASSES]
+    others = [w for w in words if w not in SCENE_COLOUR_OF]
+    colours = distinct_colours(len(fixed) + len(others), fixed)
+    vocabulary = {w: fixed.index(SCENE_COLOUR_OF[w]) for w in words if w in SCENE_COLOUR_OF}
+    vocabulary.update({w: len(fixed) + i for i, w in enumerate(others)})
+    return vocabulary, colours
+
+
+def install_colour_models(monkeypatch, vocabulary, colours):
+    def build_clip(arch, weights, device="cpu", precision="fp32", key="weights.clip"):
+        return ColourCLIP(colours).to(device), ColourTokenizer(vocabulary, len(colours))
+
+    monkeypatch.setattr(networks, "build_clip", build_clip)
+    monkeypatch.setattr(networks, "build_encoder", lambda arch, weights, key="": ColourEncoder(colours))
+    import entry.reco_common as common
+
+    monkeypatch.setattr(common, "DenseCLIP", lambda clip_model: ColourDenseCLIP(colours))
+
+
+def write_imagenet_of(root, colours, n_per_class=3):
+    wnids = [f"n{20000000 + i}" for i in range(len(colours))]
+    write_imagenet(root, "train", wnids, n_per_class=n_per_class, colours=colours)
+    return wnids
+
+
+def reco_config(tmp_path, **extra):
+    config = {
+        "dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(tmp_path / "cityscapes"),
+        "dir_imagenet": str(tmp_path / "ImageNet2012"), "dataset_name": "cityscapes",
+        "clip_arch": "tiny-vit-clip", "dense_clip_arch": "tiny-rn-clip", "encoder_arch": "tiny-vit",
+        "weights": {"clip": "random", "dense_clip": "random", "encoder": "random"},
+        "n_imgs": 3, "batch_size": 2, "n_workers": 0, "n_visualisations": 2, "device": "cpu",
+        "crf_workers": 1, "index_batch_size": 16, "index_shard_size": 32,
+    }
+    config.update(extra)
+    path = tmp_path / "reco.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+RUN = Path("cityscapes/{split}/reco/deit_s_16_sin_in_train_ce_ta_dc/k003")
+
+
+def run_dir(tmp_path, split="val", encoder="tiny_vit"):
+    return tmp_path / "ckpt" / str(RUN).format(split=split).replace("deit_s_16_sin", encoder)
+
+
+def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
+    categories = metadata.categories("cityscapes")
+    vocabulary, colours = colour_world(categories + ["tree", "person"])
+    install_colour_models(monkeypatch, vocabulary, colours)
+    write_imagenet_of(tmp_path / "ImageNet2012", colours)
+    write_cityscapes(tmp_path / "cityscapes", "val", n_images=3)
+    config = reco_config(tmp_path)
+
+    assert main_reco.main(["--config", str(config), "--stage", "index"]) == 0
+    assert main_reco.main(["--config", str(config)]) == 0
+
+    out = run_dir(tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    results_crf = json.loads((out / "results_crf.json").read_text())
+    assert results["Mean IoU"] >= 0.9, results
+    assert results_crf["Mean IoU"] >= 0.9, results_crf
+    for name in ("road", "building", "vegetation", "sky", "car"):
+        assert results[name] >= 0.8, (name, results[name])
+    assert set(categories) <= set(results)
+    for name in ("0000.png", "0001.png", "config.json", "reco.log", "coseg_car.png", "coseg_tree.png"):
+        assert (out / name).is_file(), name
+    assert not (out / "coseg_vegetation.png").exists()  # vegetation reuses the tree context
+
+    # The reference pickle is written under the original name, and each reference is its class colour.
+    from utils.io import safe_load_pickle
+
+    refs = safe_load_pickle(tmp_path / "cityscapes" / "tiny_vit_in_train_ce_ta_cat_to_img_feature_k3.pkl")
+    assert list(refs) == categories
+    assert torch.equal(refs["vegetation"], refs["road"]) is False
+    assert int(refs["car"].argmax()) == vocabulary["car"] and int(refs["sky"].argmax()) == vocabulary["sky"]
+
+    # A second run reuses the pickle: it must not need ImageNet at all.
+    import shutil
+
+    shutil.rmtree(tmp_path / "ImageNet2012")
+    assert main_reco.main(["--config", str(config)]) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["Mean IoU"] == pytest.approx(results["Mean IoU"])
+
+
+def test_pseudo_masks_of_the_train_split(tmp_path, monkeypatch):
+    categories = metadata.categories("cityscapes")
+    vocabulary, colours = colour_world(categories + ["tree", "person"])
+    install_colour_models(monkeypatch, vocabulary, colours)
+    write_imagenet_of(tmp_path / "ImageNet2012", colours)
+    split = write_cityscapes(tmp_path / "cityscapes", "train", n_images=2)
+    config = reco_config(tmp_path)
+    assert main_reco.main(["--config", str(config), "--split", "train"]) == 0  # builds the index itself
+
+    out = run_dir(tmp_path, "train")
+    for name in split.names:
+        for sub in ("dt", "dt_crf"):
+            mask = np.asarray(Image.open(out / sub / name))
+            assert mask.shape == (320, 320) and mask.dtype == np.uint8 and mask.max() < 27
+    # the pseudo-mask of a scene matches its ground truth on most pixels
+    from datasets.benchmarks import build_benchmark
+
+    item = build_benchmark("cityscapes", tmp_path / "cityscapes", "train")[0]
+    mask = torch.from_numpy(np.asarray(Image.open(out / "dt_crf" / item["name"])).astype(np.int64))
+    valid = item["label"] >= 0
+    assert float((mask[valid] == item["label"][valid]).float().mean()) > 0.9
+
+
+def test_tiny_random_models_run_val_and_train(tmp_path):
+    write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=2)
+    write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
+    write_cityscapes(tmp_path / "cityscapes", "train", n_images=2)
+    config = reco_config(tmp_path, n_imgs=2)
+    assert main_reco.main(["--config", str(config)]) == 0
+    assert main_reco.main(["--config", str(config), "--split", "train"]) == 0
+    out = tmp_path / "ckpt" / "cityscapes"
+    assert (out / "val/reco/tiny_vit_in_train_ce_ta_dc/k002/results_crf.json").is_file()
+    assert len(list((out / "train/reco/tiny_vit_in_train_ce_ta_dc/k002/dt_crf").iterdir())) == 2
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    write_cityscapes(tmp_path / "cityscapes", "val", n_images=1)
+    # missing dataset directory
+    config = reco_config(tmp_path, dir_dataset=str(tmp_path / "nowhere"))
+    assert main_reco.main(["--config", str(config)]) == 2
+    assert "dir_dataset: directory not found" in capsys.readouterr().err
+    # unknown key
+    config.write_text(config.read_text() + "n_image: 5\n")
+    assert main_reco.main(["--config", str(config)]) == 2
+    assert "unknown key 'n_image'" in capsys.readouterr().err
+    # weight file absent (offline)
+    config = reco_config(tmp_path, encoder_arch="DeiT-S/16-SIN",
+                         weights={"clip": "random", "dense_clip": "random", "encoder": str(tmp_path / "deit.pth")})
+    assert main_reco.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "weights.encoder" in err and "deit.pth" in err
+    # no ImageNet images to build the index from, and no published pickle
+    config = reco_config(tmp_path)
+    (tmp_path / "ImageNet2012" / "train").mkdir(parents=True)
+    assert main_reco.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "dir_imagenet: no images" in err and "filename_to_tiny_vit_clip_train_img_embedding.pkl" in err
+
+
+def test_index_built_with_another_clip_is_refused(tmp_path, monkeypatch, capsys):
+    write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=2)
+    write_cityscapes(tmp_path / "cityscapes", "val", n_images=1)
+    config = reco_config(tmp_path, n_imgs=2)
+    assert main_reco.main(["--config", str(config), "--stage", "index"]) == 0
+    # same arch name, but a CLIP with another embedding size now
+    vocabulary, colours = colour_world(["road"])
+    install_colour_models(monkeypatch, vocabulary, colours)
+    assert main_reco.main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "dimension" in err or "dim" in err
