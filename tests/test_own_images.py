@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import main_reco
-from synthetic import CLASS_COLOURS, SCENE_CLASSES, draw_scene, render
+from synthetic import SCENE_CLASSES, draw_scene, render
 from test_end_to_end import colour_world, install_colour_models, reco_config, write_imagenet_of
 
 CLASSES = ["road", "building", "vegetation", "sky", "car"]

@@ -1,0 +1,305 @@
+"""ReCo+ stages of main_reco_plus.py: training with resumption, evaluation of given weights (entry-side:
+reads the config and does the file I/O; the loop itself is reco_plus.trainer.train)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from datasets import metadata
+from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
+from datasets.pseudo_masks import PseudoMaskError, build_pseudo_mask_dataset
+from networks.deeplab import build_segmentor
+from reco_plus import (EvalResult, PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings,
+                       build_optimizer, evaluate, restore_training_state, train)
+from reco_plus.ddp import any_rank, gather_rng_states, wrap_ddp
+from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_dir, require_file
+from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.device import resolve_device, seed_everything, setup_logging
+from utils.distributed import init_distributed, is_distributed
+from utils.io import atomic_write, save_json, torch_save
+from utils.metrics import named_scores
+from utils.visualise import plot_training_curves, save_panels
+
+logger = logging.getLogger("reco")
+
+
+def run_dir_of(config: RecoPlusConfig) -> Path:
+    return Path(config.dir_ckpt).expanduser() / config.dataset_name / "val" / "reco_plus" / config.segmentor_name
+
+
+# ----------------------------------------------------------------------------------------- shared parts
+def make_crf_fn(config: RecoPlusConfig, device: torch.device):
+    """crf(images (B,3,H,W) normalised, logits (B,C,H,W)) -> probabilities, SPEC 9.2 on log_softmax(logits)."""
+    backend = resolve_crf_backend(config.crf_backend, device)
+
+    def crf(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        rgb = denormalise_image(images.cpu())
+        log_probs = torch.log_softmax(logits.float(), dim=1)
+        return dense_crf_batch(rgb, log_probs if backend == "torch" else log_probs.cpu(), backend=backend,
+                               n_workers=config.crf_workers or config.n_workers)
+    return crf
+
+
+def val_loader(config: RecoPlusConfig, device: torch.device) -> DataLoader:
+    root = require_dir(config, "dir_dataset")
+    try:
+        dataset = build_benchmark(config.dataset_name, root, "val")
+    except ValueError as e:
+        raise ConfigError(f"dir_dataset: {e}") from None
+    # KITTI-STEP frames keep their size: batches only group equal sizes.
+    batches = size_grouped_batches(dataset.image_sizes(), config.eval_batch_size)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=config.n_workers,
+                      pin_memory=device.type == "cuda")
+
+
+def run_evaluation(model: torch.nn.Module, loader: DataLoader, config: RecoPlusConfig, device: torch.device,
+                   crf_fn, out_dir: Path, desc: str) -> EvalResult:
+    """Evaluate with and without CRF; write results.json, results_crf.json and panels into out_dir."""
+    names, palette = metadata.eval_categories(config.dataset_name), metadata.palette(config.dataset_name)
+    n_batches = len(loader)
+    step = max(1, n_batches // max(config.n_visualisations, 1))
+    visualise = set(range(0, n_batches, step)[: config.n_visualisations])
+    with tqdm(total=n_batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True) as bar:
+        result = evaluate(model, loader, len(names), device, crf_fn, config.amp, visualise, bar)
+    save_json(out_dir / "results.json", named_scores(result.scores, names))
+    save_json(out_dir / "results_crf.json", named_scores(result.scores_crf, names))
+    for s in result.samples:
+        save_panels(out_dir / f"{s.batch_index:04d}.png", denormalise_image(s.image), s.gt, s.pred, s.pred_crf, palette)
+    logger.info("%s: mIoU %.4f, CRF mIoU %.4f, pixel acc %.4f (CRF %.4f) on %d images -> %s", desc,
+                result.scores["Mean IoU"], result.scores_crf["Mean IoU"], result.scores["Pixel Acc"],
+                result.scores_crf["Pixel Acc"], result.n_images, out_dir)
+    return result
+
+
+def write_config(config: RecoPlusConfig, run_dir: Path) -> None:
+    resolved = config_to_dict(config)
+    save_json(run_dir / "config.json", resolved, sort_keys=True)
+    with atomic_write(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(resolved, f, sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load a plain state_dict (or our last.pt) strictly; 'module.' prefixes of DDP checkpoints are dropped."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"--weights: {path} does not hold a state_dict")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"--weights: {path} does not fit segmentor_name / dataset classes: {e}") from None
+
+
+def evaluate_weights(config: RecoPlusConfig, weights: str) -> Optional[dict[str, Any]]:
+    """Evaluate a state_dict on val with and without CRF into {run}/eval/ (rank 0 only under torchrun)."""
+    path = require_file("--weights", weights, "a DeepLabv3+ state_dict (.pt)")
+    if int(os.environ.get("RANK", 0)) > 0:
+        return None
+    device = resolve_device(config.device)
+    n_classes = len(metadata.eval_categories(config.dataset_name))
+    try:
+        model = build_segmentor(config.segmentor_name, n_classes, "random")  # every weight is replaced below
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    load_weights(model, path)
+    model.to(device)
+    loader = val_loader(config, device)
+    out_dir = run_dir_of(config) / "eval"
+    setup_logging(out_dir / "eval.log")
+    logger.info("evaluating %s (%s) on %s val, device %s", path, config.segmentor_name, config.dataset_name, device)
+    result = run_evaluation(model, loader, config, device, make_crf_fn(config, device), out_dir, "eval")
+    return {"results": result.scores, "results_crf": result.scores_crf, "out_dir": out_dir}
+
+
+# --------------------------------------------------------------------------------------------- training
+class RunHooks(TrainHooks):
+    """File outputs of a training run (main rank) and the stop signal."""
+
+    def __init__(self, run_dir: Path, records: Optional[list[dict]], stop_at: Optional[int]) -> None:
+        self.run_dir, self.records, self.stop_at = run_dir, records, stop_at
+        self.signalled = False
+        self.checkpoint_info: dict[str, Any] = {}
+
+    def _append(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_log(self, record: dict) -> None:
+        if self.records is not None:
+            self._append(record)
+            logger.info("iter %d loss %.4f lr %.2e/%.2e train mIoU %.4f", record["iteration"], record["loss"],
+                        record["lr_backbone"], record["lr_head"], record["train_miou"])
+
+    def on_evaluation(self, iteration: int, result: EvalResult, record: dict) -> None:
+        self._append(record)
+        plot_training_curves(self.run_dir / "curves.png", self.records)
+
+    def on_best(self, iteration: int, state_dict: dict) -> None:
+        torch_save(state_dict, self.run_dir / "best_model.pt")
+        logger.info("iter %d: new best CRF mIoU, saved %s", iteration, self.run_dir / "best_model.pt")
+
+    def on_checkpoint(self, state: dict) -> None:
+        state["extra"].update(self.checkpoint_info)
+        torch_save(state, self.run_dir / "last.pt")
+
+    def should_stop(self, iteration: int) -> bool:
+        if self.stop_at is not None and iteration >= self.stop_at:  # the same on every rank
+            return True
+        if is_distributed() and iteration % 10:  # the vote on a signal synchronises: every 10 iterations
+            return False
+        return any_rank(self.signalled)
+
+
+def read_records(run_dir: Path, up_to: int) -> list[dict]:
+    """metrics.jsonl records up to iteration `up_to` (later ones belong to a run after the last checkpoint)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if r.get("iteration", 0) <= up_to]
+    with atomic_write(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    return records
+
+
+def check_backbone_weights(config: RecoPlusConfig) -> Optional[str]:
+    value = config.weights.backbone
+    if value is None:
+        raise ConfigError("weights.backbone: not set (a torchvision ImageNet checkpoint such as "
+                          "resnet101-63fe2227.pth, a torchvision tag such as IMAGENET1K_V1 when online, or 'random')")
+    if value == "random" and not config.segmentor_name.endswith("_tiny"):
+        logger.warning("weights.backbone: random -- training %s from scratch, not from ImageNet weights",
+                       config.segmentor_name)
+    elif value != "random" and (value.endswith((".pth", ".pt")) or "/" in value):
+        require_file("weights.backbone", value, "a torchvision ImageNet checkpoint")
+    return value
+
+
+def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str, Any]:
+    rank, world_size, local_rank = init_distributed()  # rank 0 evaluates while the others wait (2 h timeout)
+    is_main = rank == 0
+    device = resolve_device(config.device)
+    if world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    if not is_main:
+        logger.setLevel(logging.WARNING)  # one copy of the progress messages
+    if config.batch_size % world_size:
+        raise ConfigError(f"batch_size: {config.batch_size} is not divisible by the {world_size} processes")
+    if config.batch_size // world_size < 2 and not (world_size > 1 and device.type == "cuda"):
+        # Without SyncBatchNorm the image-pooling BN of the ASPP sees one value per channel and fails.
+        raise ConfigError(f"batch_size: {config.batch_size} gives fewer than 2 samples per process")
+    seed_everything(config.seed + rank)
+    n_classes = len(metadata.eval_categories(config.dataset_name))
+    backbone = check_backbone_weights(config)
+    try:
+        train_set = build_pseudo_mask_dataset(config.dataset_name, require_dir(config, "dir_dataset"),
+                                              require_dir(config, "dir_pseudo_masks"), n_classes,
+                                              config.crop_size, config.seed)
+    except (PseudoMaskError, ConfigError):
+        raise
+    except ValueError as e:  # missing benchmark folders / files: the message names them
+        raise ConfigError(f"dir_dataset: {e}") from None
+    run_dir = run_dir_of(config)  # created only once the inputs are known to be there
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        setup_logging(run_dir / "train.log")
+    try:
+        model = build_segmentor(config.segmentor_name, n_classes, backbone).to(device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    optimizer = build_optimizer(model, config.lr, config.backbone_lr_ratio, config.weight_decay)
+    scheduler = PolyLR(optimizer, config.iter_train, power=0.9, min_lr=config.min_lr)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    start, best = 0, 0.0
+    if (run_dir / "last.pt").is_file():
+        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        try:
+            start, best = restore_training_state(state, model, optimizer, scheduler, scaler, rank)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(f"{run_dir / 'last.pt'} cannot be resumed with this config (segmentor_name / "
+                              f"dataset_name changed?); move it away to start afresh: {e}") from None
+        if (scheduler.max_iters, scheduler.min_lr) != (config.iter_train, config.min_lr):
+            logger.warning("iter_train/min_lr changed since last.pt (%d/%g): the schedule now follows the config",
+                           scheduler.max_iters, scheduler.min_lr)
+            scheduler.max_iters, scheduler.min_lr = config.iter_train, config.min_lr
+        logger.info("resuming from %s at iteration %d (best CRF mIoU %.4f)", run_dir / "last.pt", start, best)
+    records = read_records(run_dir, start) if is_main else []
+    if is_main:
+        write_config(config, run_dir)
+    if start >= config.iter_train:
+        logger.info("training already finished (%d iterations) in %s", start, run_dir)
+        return {"run_dir": run_dir, "iteration": start, "best_miou": best, "stopped": False}
+    sampler = ResumableBatchSampler(len(train_set), config.batch_size // world_size, config.seed, start, rank, world_size)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.n_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=config.n_workers > 0,
+                        generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
+    model = wrap_ddp(model, device)
+    val = val_loader(config, device) if is_main else None
+    crf_fn = make_crf_fn(config, device)
+
+    def evaluate_fn(m: torch.nn.Module, it: int) -> EvalResult:
+        return run_evaluation(m, val, config, device, crf_fn, run_dir / f"{it:05d}", f"val {it}")
+
+    hooks = RunHooks(run_dir, records, stop_at) if is_main else _RankHooks(stop_at)
+    hooks.checkpoint_info = {"segmentor_name": config.segmentor_name, "dataset_name": config.dataset_name,
+                             "n_classes": n_classes, "world_size": world_size, "seed": config.seed}
+    previous = _install_stop_handlers(hooks)
+    logger.info("training %s on %d %s pseudo-masks (%s), %d -> %d iterations, batch %d, device %s, %d process(es)",
+                config.segmentor_name, len(train_set), config.dataset_name, config.dir_pseudo_masks, start,
+                config.iter_train, config.batch_size, device, world_size)
+    settings = TrainSettings(config.iter_train, config.iter_val, n_classes, config.log_every, config.amp)
+    try:
+        with logging_redirect_tqdm(loggers=[logger]), tqdm(total=config.iter_train, initial=start, disable=not is_main,
+                                                           desc="ReCo+", unit="it", dynamic_ncols=True) as bar:
+            result = train(model, optimizer, scheduler, iter(loader), settings, device, evaluate_fn, hooks, start,
+                           best, scaler, bar, is_main, gather_rng_states)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    logger.info("%s at iteration %d; best CRF mIoU %.4f; run dir %s", "stopped" if result.stopped else "finished",
+                result.iteration, result.best_miou, run_dir)
+    return {"run_dir": run_dir, "iteration": result.iteration, "best_miou": result.best_miou, "stopped": result.stopped}
+
+
+def _install_stop_handlers(hooks: RunHooks) -> dict:
+    """SIGTERM / first Ctrl-C: finish the current iteration, write last.pt, exit. A second Ctrl-C aborts."""
+    def handler(signum: int, frame: Any) -> None:
+        if hooks.signalled and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        hooks.signalled = True
+        logger.warning("signal %d: stopping after this iteration (last.pt will be written)", signum)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, handler)
+    except ValueError:  # not the main thread: no graceful stop
+        pass
+    return previous
+
+
+class _RankHooks(RunHooks):
+    """Non-main DDP ranks write nothing; they only take part in the stop vote."""
+
+    def __init__(self, stop_at: Optional[int]) -> None:
+        super().__init__(Path("."), None, stop_at)
+
+    def on_log(self, record: dict) -> None:
+        pass
