@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.pool
 import os
 from functools import lru_cache
 from typing import Optional, Union

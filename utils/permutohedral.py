@@ -141,28 +141,25 @@ def build_lattice(features: Tensor, image_index: Tensor | None = None, pad_block
     codes = base[:, None] + r * sum(strides) - (d + 1) * above[:, : d + 1]  # (P', d+1)
     uniq, inverse = torch.unique(codes, return_inverse=True)
     M = uniq.numel()
-    # Blur neighbours along direction j: n1 = key - 1 + (d+1) e_j, n2 = key + 1 - (d+1) e_j (in
-    # the d+1 homogeneous coordinates); n2 is the inverse map of n1, so one lookup per direction.
-    ids = torch.arange(M, device=dev)
-    neighbours = torch.full((d + 1, M, 2), -1, dtype=torch.int64, device=dev)
-    for j in range(d + 1):
-        delta = -sum(strides) + ((d + 1) * strides[j] if j < d else 0)
-        code = uniq + delta
-        pos = torch.searchsorted(uniq, code).clamp_(max=M - 1)
-        found = uniq[pos] == code
-        neighbours[j, :, 0] = torch.where(found, pos, -1)
-        neighbours[j, pos[found], 1] = ids[found]
     # Number the vertices in order of first appearance in pixel order, as pydensecrf's hash table
     # does: neighbouring pixels then touch nearby rows, which keeps the sparse products cache-friendly.
+    ids = torch.arange(M, device=dev)
     flat = inverse.reshape(-1)
     first = torch.full((M,), flat.numel(), dtype=torch.int64, device=dev)
     first.scatter_reduce_(0, flat, torch.arange(flat.numel(), device=dev), reduce="amin")
-    order = torch.argsort(first)
     renumber = torch.empty(M, dtype=torch.int64, device=dev)
-    renumber[order] = ids
+    renumber[torch.argsort(first)] = ids
     vertex = renumber[inverse[:P]]
-    neighbours = neighbours[:, order]
-    neighbours = torch.where(neighbours >= 0, renumber[neighbours.clamp(min=0)], -1)
+    # Blur neighbours along direction j: n1 = key - 1 + (d+1) e_j, n2 = key + 1 - (d+1) e_j (in
+    # the d+1 homogeneous coordinates); n2 is the inverse map of n1, so one lookup per direction.
+    neighbours = torch.full((d + 1, M, 2), -1, dtype=torch.int64, device=dev)
+    for j in range(d + 1):
+        code = uniq + (-sum(strides) + ((d + 1) * strides[j] if j < d else 0))
+        pos = torch.searchsorted(uniq, code).clamp_(max=M - 1)
+        found = torch.nonzero(uniq[pos] == code).squeeze(1)
+        here, there = renumber[found], renumber[pos[found]]
+        neighbours[j, here, 0] = there
+        neighbours[j, there, 1] = here
     return Lattice(vertex=vertex, weight=bary, neighbours=neighbours, alpha=1.0 / (1.0 + 2.0 ** (-d)))
 
 
@@ -248,19 +245,18 @@ def _blur_matrix(neighbours: Tensor) -> Tensor:
     """(M, 2) neighbour ids (-1 = missing) -> CSR (M, M) with 1 on the diagonal, 1/2 per neighbour."""
     M = neighbours.shape[0]
     ids = torch.arange(M, device=neighbours.device)
-    a = ids
-    b = torch.where(neighbours[:, 0] >= 0, neighbours[:, 0], M)  # M: missing, sorts last
-    c = torch.where(neighbours[:, 1] >= 0, neighbours[:, 1], M)
+    nb = neighbours.masked_fill(neighbours < 0, M)  # M: missing, sorts last
+    b, c = nb[:, 0], nb[:, 1]
     # Sort the three columns of each row (a canonical CSR) with a min/max network.
-    low = torch.minimum(a, torch.minimum(b, c))
-    high = torch.maximum(a, torch.maximum(b, c))
-    cols = torch.stack([low, a + b + c - low - high, high], dim=1)
+    low = torch.minimum(ids, torch.minimum(b, c))
+    high = torch.maximum(ids, torch.maximum(b, c))
+    cols = torch.stack([low, ids + b + c - low - high, high], dim=1)
+    vals = torch.where(cols == ids[:, None], 1.0, 0.5).to(torch.float32)
     keep = cols < M
-    col = cols[keep]
-    vals = torch.where(col == ids[:, None].expand(M, 3)[keep], 1.0, 0.5).to(torch.float32)
+    index = keep.view(-1).nonzero().squeeze(1)
     crow = torch.zeros(M + 1, dtype=torch.int64, device=neighbours.device)
     crow[1:] = torch.cumsum(keep.sum(dim=1), dim=0)
-    return _csr(crow, col, vals, (M, M))
+    return _csr(crow, cols.view(-1)[index], vals.view(-1)[index], (M, M))
 
 
 class MatrixOperator:
