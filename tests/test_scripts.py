@@ -10,9 +10,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["reco_cityscapes.sh", "reco_coco_stuff.sh", "reco_kitti_step.sh",
-                                    "reco_plus_cityscapes.sh"])
-@pytest.mark.parametrize("cwd", ["root", "scripts"])
+@pytest.mark.parametrize("script, cwd", [("reco_cityscapes.sh", "root"), ("reco_coco_stuff.sh", "scripts"),
+                                         ("reco_kitti_step.sh", "root"), ("reco_plus_cityscapes.sh", "scripts")])
 def test_wrapper_runs_the_entry_script(tmp_path, script, cwd):
     config = tmp_path / "c.yaml"
     base = {"dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(tmp_path / "no_dataset_here")}
