@@ -32,12 +32,14 @@ import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 import contextlib
 import io
 import re
 import struct
+import tempfile
 import warnings
 from typing import Any, Callable, Optional, Sequence
 
@@ -136,7 +138,8 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     shards still missing when the job starts are dealt round-robin to the ranks (shards r, r+W, ... on a
     fresh build), so the split is deterministic; rank 0 merges once all ranks have passed `barrier`.
     Unreadable images are left out of the index, counted and listed in failed_images.txt.
-    Returns out_dir on every rank once the index is complete.
+    Finished shards are only reused by a build with the same paths, shard_size and meta (keep meta
+    deterministic). Returns out_dir on every rank once the index is complete.
     """
     out_dir, logger = Path(out_dir), logger or logging.getLogger("reco")
     paths = [str(p) for p in image_paths]
@@ -175,7 +178,8 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
             _publish(tmp, out_dir, logger)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        for partial in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # also those of other settings
+            shutil.rmtree(partial, ignore_errors=True)
         if failed:
             logger.warning("%d unreadable image(s) skipped, listed in %s (e.g. %s)", len(failed),
                            out_dir / FAILED_FILE, failed[0])
@@ -191,38 +195,33 @@ def convert_published_pickle(pkl_path: str | os.PathLike, out_dir: str | os.Path
     tensor, SPEC 2) into the index layout at `out_dir`, keeping the dict order.
 
     Read through utils.io.safe_load_pickle (no code in the file can run; CUDA storages land on the
-    CPU) with streaming decoders: each row goes into a float16 block as it is read, so peak memory
-    stays near 1.5x the pickle's size. Values are cast to float16 as they are (not re-normalised).
-    Nothing is written unless the whole file is read and valid.
+    CPU) with streaming decoders (_PublishedReader): each row is cast to float16 as it is read and
+    spilled to an unnamed temporary file, so peak memory stays near 1.3x the pickle's size (the
+    unpickler's memo keeps the raw bytes until the end). Values are cast as they are (not re-normalised).
+    Nothing visible is written unless the whole file is read and valid.
     """
     pkl_path, out_dir, logger = Path(pkl_path), Path(out_dir), logger or logging.getLogger("reco")
     logger.info("converting the published index %s -> %s", pkl_path, out_dir)
-    filenames, rows = _read_published_pickle(pkl_path)  # rows: list of float16 blocks, concatenated = (N, D)
-    dim = rows[0].shape[1] if rows else 0
-    if not filenames:
-        raise ValueError(f"{pkl_path}: the published index is empty")
-    if expected_dim is not None and dim != expected_dim:
-        raise ValueError(f"{pkl_path} holds {dim}-dim embeddings but the CLIP in use ({clip_arch}) gives "
-                         f"{expected_dim}-dim ones: it was made with another CLIP")
-    tmp = _fresh_tmp_dir(out_dir)
-    try:
-        embeddings = np.lib.format.open_memmap(tmp / EMBEDDINGS_FILE, mode="w+", dtype=np.float16,
-                                               shape=(len(filenames), dim))
-        start = 0
-        while rows:
-            block = rows.pop(0)  # drop each block as soon as it is on disk
-            embeddings[start: start + len(block)] = block
-            start += len(block)
-        embeddings.flush()
-        del embeddings
-        _write_lines(tmp / FILENAMES_FILE, filenames)
-        _write_json(tmp / META_FILE, {"clip_arch": clip_arch, "split": split, "dim": dim, "count": len(filenames),
-                                      "image_size": DEFAULT_IMAGE_SIZES.get(clip_arch), "n_failed": 0,
-                                      "dtype": "float16", "format_version": FORMAT_VERSION,
-                                      "source": "published_pickle", "source_file": pkl_path.name})
-        _publish(tmp, out_dir, logger)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Rows spill to an unnamed temporary file beside the pickle: nothing visible is created before the
+    # whole file has been read and checked, and the rows never sit in RAM with the unpickler's memo.
+    with tempfile.TemporaryFile(dir=pkl_path.parent) as spill:
+        filenames, order, dim = _read_published_pickle(pkl_path, spill)
+        if not filenames or dim == 0:
+            raise ValueError(f"{pkl_path}: the published index is empty")
+        if expected_dim is not None and dim != expected_dim:
+            raise ValueError(f"{pkl_path} holds {dim}-dim embeddings but the CLIP in use ({clip_arch}) gives "
+                             f"{expected_dim}-dim ones: it was made with another CLIP")
+        tmp = _fresh_tmp_dir(out_dir)
+        try:
+            _write_npy_from_spill(tmp / EMBEDDINGS_FILE, spill, order, len(filenames), dim)
+            _write_lines(tmp / FILENAMES_FILE, filenames)
+            _write_json(tmp / META_FILE, {"clip_arch": clip_arch, "split": split, "dim": dim,
+                                          "count": len(filenames), "image_size": DEFAULT_IMAGE_SIZES.get(clip_arch),
+                                          "n_failed": 0, "dtype": "float16", "format_version": FORMAT_VERSION,
+                                          "source": "published_pickle", "source_file": pkl_path.name})
+            _publish(tmp, out_dir, logger)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     logger.info("converted %d embeddings (dim %d) into %s", len(filenames), dim, out_dir)
     return out_dir
 
@@ -262,13 +261,31 @@ def _check_build_args(paths: list[str], meta: dict[str, Any], batch_size: int, s
 
 
 def _fresh_tmp_dir(out_dir: Path) -> Path:
-    """An empty staging directory beside out_dir (same file system, so the final rename is atomic)."""
+    """An empty staging directory beside out_dir (same file system, so the final rename is atomic).
+
+    Staging directories left by dead processes of this host (killed during a merge or a conversion)
+    are removed; those of live processes (e.g. other ranks converting at the same time) are left alone.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a job killed during its merge
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    host = socket.gethostname().replace("-", "_")
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-{host}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{host}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(tmp: Path, out_dir: Path, logger: logging.Logger) -> None:
@@ -476,10 +493,12 @@ def _parse_legacy_storage(data: bytes) -> Optional[np.ndarray]:
 
 
 class _PublishedReader:
-    """Decoders handed to safe_load_pickle: every embedding goes straight into float16 row blocks."""
+    """Decoders handed to safe_load_pickle: every embedding is cast to float16 into a row block as it is
+    read; full blocks go to `spill` (an unnamed temporary file), so the rows never pile up in RAM."""
 
-    def __init__(self) -> None:
-        self.blocks: list[np.ndarray] = []
+    def __init__(self, spill: Any) -> None:
+        self.spill = spill
+        self.block: Optional[np.ndarray] = None
         self.count = 0
         self.dim: Optional[int] = None
 
@@ -507,18 +526,47 @@ class _PublishedReader:
     def append(self, values: np.ndarray) -> _Row:
         if self.dim is None:
             self.dim = len(values)
+            self.block = np.empty((_ROW_BLOCK, self.dim), dtype=np.float16)
         elif len(values) != self.dim:
             raise ValueError(f"embeddings of different sizes: {self.dim} and {len(values)}")
-        if self.count % _ROW_BLOCK == 0:
-            self.blocks.append(np.empty((_ROW_BLOCK, self.dim), dtype=np.float16))
-        self.blocks[-1][self.count % _ROW_BLOCK] = values
+        self.block[self.count % _ROW_BLOCK] = values
         self.count += 1
+        if self.count % _ROW_BLOCK == 0:
+            self.spill.write(memoryview(self.block))
         return _Row(self.count - 1)
 
+    def finish(self) -> None:
+        if self.count % _ROW_BLOCK:
+            self.spill.write(memoryview(self.block[: self.count % _ROW_BLOCK]))
+        self.spill.flush()
+        self.block = None
 
-def _read_published_pickle(path: Path) -> tuple[list[str], list[np.ndarray]]:
-    """(basenames in dict order, float16 row blocks whose concatenation is (N, D))."""
-    reader = _PublishedReader()
+
+def _write_npy_from_spill(path: Path, spill: Any, order: Optional[np.ndarray], count: int, dim: int) -> None:
+    """embeddings.npy (count, dim) float16 from the spilled rows, streamed with plain reads and writes
+    (no memory maps, so the copy adds no resident memory); `order` gathers rows when not None."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
+                                                 "shape": (count, dim)})
+        if order is None:
+            spill.seek(0)
+            buffer = np.empty((_ROW_BLOCK, dim), dtype=np.float16)
+            for start in range(0, count, _ROW_BLOCK):
+                view = memoryview(buffer[: min(_ROW_BLOCK, count - start)]).cast("B")
+                if spill.readinto(view) != len(view):
+                    raise RuntimeError("the temporary copy of the published rows is truncated")
+                f.write(view)
+        else:
+            rows = np.memmap(spill, dtype=np.float16, mode="r", shape=(int(order.max()) + 1, dim))
+            for start in range(0, count, _ROW_BLOCK):
+                f.write(memoryview(np.ascontiguousarray(rows[order[start: start + _ROW_BLOCK]])).cast("B"))
+            del rows
+
+
+def _read_published_pickle(path: Path, spill: Any) -> tuple[list[str], Optional[np.ndarray], int]:
+    """Basenames in dict order, the spill-file row of each (None when in order) and the dimension; the
+    float16 rows are in `spill`."""
+    reader = _PublishedReader(spill)
     obj = safe_load_pickle(path, overrides={("torch.storage", "_load_from_bytes"): reader.load_storage,
                                             ("torch._utils", "_rebuild_tensor"): reader.rebuild_tensor,
                                             ("torch._utils", "_rebuild_tensor_v2"): reader.rebuild_tensor})
@@ -535,9 +583,6 @@ def _read_published_pickle(path: Path) -> tuple[list[str], list[np.ndarray]]:
             value = reader.append(np.asarray(value, dtype=np.float32).reshape(-1))
         order[position] = value.index
         filenames.append(key)
-    blocks = [b for b in reader.blocks]
-    if blocks and reader.count % _ROW_BLOCK:
-        blocks[-1] = blocks[-1][: reader.count % _ROW_BLOCK]
-    if not np.array_equal(order, np.arange(len(order))):  # shared or re-used tensors: put rows in dict order
-        blocks = [np.concatenate(blocks)[order]]
-    return filenames, blocks
+    reader.finish()
+    in_order = reader.count == len(order) and np.array_equal(order, np.arange(len(order)))
+    return filenames, None if in_order else order, reader.dim or 0

@@ -9,7 +9,8 @@ a running top-k with torch.topk. Results are exact w.r.t. float32 cosine scores:
   on such CPUs) keeps every row whose approximate score can still be in the top k, using a rigorous
   bound on the bf16 rounding error (_Bf16Bound); those candidates (a few hundred per query) are
   re-scored in float32 and the top k taken. Same answer as "fp32" up to float32 rounding ties, about
-  1.8x faster end to end on CPU (the bf16 GEMM is most of the time; 171 x 1.28M x 768 is 336 GFLOP).
+  2x faster end to end on CPU: 1.8 s vs 3.7 s for 171 x 1,281,167 x 768 on 2 Zen 4 cores, of which the
+  bf16 GEMM (336 GFLOP at ~300 GFLOP/s) is 1.1 s.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ Embeddings = Union[np.ndarray, torch.Tensor]
 _BF16_UNIT_ROUNDOFF = 2.0 ** -8
 _FP32_UNIT_ROUNDOFF = 2.0 ** -24
 _BF16_MIN_ROWS = 65536  # below this the fp32 path is fast anyway
+_CONVERT_ROWS = 8192  # rows per float32 staging block of the bf16 conversion (24 MB at D = 768)
 
 
 def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
@@ -59,6 +61,8 @@ def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
         raise ValueError("method='bf16' is the CPU path; use 'fp32' (or 'auto') on a GPU")
     if queries.shape[0] == 0:
         return torch.zeros(0, k, dtype=torch.long)
+    if not bool(torch.isfinite(queries).all()):
+        raise ValueError("queries contain NaN or infinite values")
     with torch.inference_mode():
         if method == "bf16":
             return _top_k_bf16_rescored(queries.detach().float().cpu(), embeddings, k, chunk_rows)
@@ -137,19 +141,16 @@ def _top_k_bf16_rescored(q: torch.Tensor, embeddings: Embeddings, k: int, chunk_
     n_queries = q.shape[0]
     q_bf16 = q.bfloat16()
     bound = _Bf16Bound(q, q_bf16)
-    rows = min(chunk_rows, n_rows)
-    buffer32 = torch.empty(rows, dim)
-    buffer16 = torch.empty(rows, dim, dtype=torch.bfloat16)
+    buffer16 = torch.empty(min(chunk_rows, n_rows), dim, dtype=torch.bfloat16)
+    staging = torch.empty(min(_CONVERT_ROWS, n_rows), dim)  # float32, small enough to stay in cache
     top_v = torch.full((n_queries, k), -float("inf"))  # running bf16 top-k values (as float32), descending
     max_norm = 0.0
     candidates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     warm: list[tuple[int, torch.Tensor]] = []
     for start in range(0, n_rows, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
-        rows32, rows16 = buffer32[: stop - start], buffer16[: stop - start]
-        rows32.copy_(_chunk(embeddings, start, stop))  # fp16 -> fp32 -> bf16 is faster than fp16 -> bf16
-        max_norm = max(max_norm, float(torch.linalg.vector_norm(rows32, dim=1).max()))
-        rows16.copy_(rows32)
+        rows16 = buffer16[: stop - start]
+        max_norm = max(max_norm, _to_bf16(_chunk(embeddings, start, stop), rows16, staging))
         scores = q_bf16 @ rows16.T  # (N, chunk) bf16
         if start < warm_rows:  # warm-up: dense top k; candidates taken once a_k covers all warm-up rows
             v = scores.topk(min(k, stop - start), dim=1).values.float()
@@ -168,6 +169,19 @@ def _top_k_bf16_rescored(q: torch.Tensor, embeddings: Embeddings, k: int, chunk_
     qi, row, v = (torch.cat(c) for c in zip(*candidates))
     keep = v >= bound.threshold(top_v[:, k - 1], max_norm)[qi]
     return _rescore(q, embeddings, qi[keep], row[keep], k)
+
+
+def _to_bf16(rows: torch.Tensor, out: torch.Tensor, staging: torch.Tensor) -> float:
+    """Copy rows (n, D) into out (n, D) bf16; returns the largest row norm (float32, an upper bound
+    on the rows' norms up to float32 rounding). Goes through a float32 staging block that stays in
+    cache: fp16 -> fp32 -> bf16 is faster than fp16 -> bf16 directly, and memory traffic stays low."""
+    largest = 0.0
+    for s in range(0, len(rows), len(staging)):
+        block = staging[: min(len(staging), len(rows) - s)]
+        block.copy_(rows[s: s + len(block)])
+        largest = max(largest, float(torch.linalg.vector_norm(block, dim=1).max()))
+        out[s: s + len(block)].copy_(block)
+    return largest
 
 
 def _above(scores: torch.Tensor, threshold: torch.Tensor, offset: int,

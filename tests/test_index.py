@@ -164,7 +164,7 @@ def test_corrupt_jpegs_are_skipped_counted_and_listed(imagenet, tmp_path, caplog
 def test_torchrun_two_processes_equal_one(imagenet, tmp_path):
     single = build(imagenet, tmp_path / "one" / "idx", shard_size=2, batch_size=2)
     out = tmp_path / "two" / "idx"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "tests" / "index_driver.py"), "--root", str(imagenet), "--out", str(out),
            "--shard-size", "2", "--batch-size", "2"]
@@ -227,11 +227,17 @@ def _published(n=7, dim=24, seed=0):
     return {name: torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0) for name in names}
 
 
-@pytest.mark.parametrize("variant", ["plain", "legacy-cuda", "zip-cuda", "numpy"])
+@pytest.mark.parametrize("variant", ["plain", "legacy-cuda", "zip-cuda", "numpy", "shared", "views"])
 def test_published_pickle_converts_exactly(tmp_path, variant):
     table = _published()
     pkl = published_pickle_path(tmp_path, "ViT-L/14@336px", "train")
-    if variant == "plain":
+    if variant == "shared":  # one tensor object under two keys: pickled once, referenced twice
+        names = list(table)
+        table[names[3]] = table[names[1]]
+    if variant == "views":  # rows of one batch tensor (not cloned): views into a shared storage
+        batch = torch.stack(list(table.values()))
+        table = {name: batch[i] for i, name in enumerate(table)}
+    if variant in ("plain", "shared", "views"):
         data = pickle.dumps(table)
     elif variant == "numpy":
         data = pickle.dumps({k: v.numpy() for k, v in table.items()})
