@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import networks
 from datasets.imagenet import IndexBuildDataset, list_imagenet_images
 from entry.reco_common import clip_precision
-from reco.index import build_index, index_dir, published_pickle_path
+from reco.index import build_index, ensure_index, index_dir, published_pickle_path
 from utils import distributed
 from utils.config import RecoConfig, require_dir
 from utils.device import resolve_device, setup_logging
@@ -30,13 +30,13 @@ def run_index_stage(config: RecoConfig) -> Path:
         logger.info("index already built: %s", out_dir)
         return out_dir
     published = published_pickle_path(dir_imagenet, config.clip_arch, config.imagenet_split)
-    if published.is_file():
-        from reco.index import ensure_index
-
-        ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split)  # converts the authors' pickle
-        return out_dir
     rank, world_size, _ = distributed.init_distributed()
     try:
+        if published.is_file():  # convert the authors' pickle once (rank 0), instead of embedding
+            if rank == 0:
+                ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split)
+            distributed.barrier()
+            return out_dir
         device = resolve_device(config.device)
         if rank == 0:
             setup_logging(out_dir.parent / f"build_{out_dir.name}.log")

@@ -183,3 +183,22 @@ def test_index_built_with_another_clip_is_refused(tmp_path, monkeypatch, capsys)
     assert main_reco.main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "dimension" in err or "dim" in err
+
+
+def test_stage_index_converts_the_published_pickle(tmp_path):
+    import pickle
+
+    from reco.index import load_index
+
+    (tmp_path / "ImageNet2012").mkdir()
+    g = torch.Generator().manual_seed(0)
+    published = {f"n0144_{i}.JPEG": torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0)
+                 for i in range(5)}
+    (tmp_path / "ImageNet2012" / "filename_to_tiny_vit_clip_train_img_embedding.pkl").write_bytes(
+        pickle.dumps(published))
+    config = reco_config(tmp_path)
+    assert main_reco.main(["--config", str(config), "--stage", "index"]) == 0
+    index = load_index(tmp_path / "ImageNet2012" / "index" / "tiny_vit_clip_train", expected_dim=32)
+    assert index.filenames == list(published)
+    expected = torch.stack(list(published.values())).numpy().astype(np.float16)
+    np.testing.assert_array_equal(np.asarray(index.embeddings), expected)

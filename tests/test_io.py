@@ -95,6 +95,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]
     save_pickle({"x": 1}, tmp_path / "p.pkl")
     assert safe_load_pickle(tmp_path / "p.pkl") == {"x": 1}
+    assert (target.stat().st_mode & 0o777) == 0o666 & ~_umask()  # not mkstemp's 0600
     save_png(tmp_path / "m.png", np.zeros((4, 5), np.uint8))
     with pytest.raises(ValueError):
         save_png(tmp_path / "bad.png", np.zeros((4, 5), np.int64))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
