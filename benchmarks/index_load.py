@@ -4,7 +4,7 @@ Writes a synthetic index of --n rows x --dim (default 1,281,167 x 768, as ImageN
 ViT-L/14@336px) in both formats, then times, each in a fresh subprocess (peak RSS measured there):
   * pickle.load of the published format + stacking the rows (what the original does),
   * utils.io.safe_load_pickle of it (the generic safe loader),
-  * reco.index.convert_published_pickle (our one-time streaming conversion),
+  * reco.published_index.convert_published_pickle (our one-time streaming conversion),
   * reco.index.load_index (memmap open) + first access, and a full read of the matrix,
 and top-k retrieval (reco.retrieval.retrieve_top_k) of --queries random queries.
 Files are evicted from the page cache (posix_fadvise) before each load, so loads are cold.
@@ -159,7 +159,7 @@ def child(kind: str, path: str, extra: str) -> None:
 
         result["rows"] = len(safe_load_pickle(path))
     elif kind == "convert":
-        from reco.index import convert_published_pickle
+        from reco.published_index import convert_published_pickle
 
         convert_published_pickle(path, extra, "ViT-L/14@336px", "train")
     elif kind == "ours":

@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,11 @@ from torchvision.transforms import InterpolationMode
 from datasets.imagenet import (IndexBuildDataset, imagenet_path, list_imagenet_images, load_retrieved_images)
 from datasets.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from index_driver import EMBED_DIM, build, tiny_embed_fn
-from reco import index as index_module
-from reco.index import (IndexNotFoundError, convert_published_pickle, ensure_index, index_dir, index_tag,
-                        load_index, published_pickle_path)
+from reco.index import IndexNotFoundError, ensure_index, index_dir, index_tag, load_index, published_pickle_path
+from reco.index_build import build_index
+from reco.published_index import _parse_legacy_storage, convert_published_pickle
 from synthetic import write_corrupt_jpeg, write_imagenet
+from test_io import pickle_as_if_saved_on_cuda
 from utils.io import UnsafePickleError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,8 +179,8 @@ def test_build_rejects_bad_arguments(imagenet, tmp_path):
     with pytest.raises(ValueError, match="barrier"):
         build(imagenet, tmp_path / "x", world_size=2)
     with pytest.raises(ValueError, match="no images"):
-        index_module.build_index([], tiny_embed_fn(), tmp_path / "y", {"clip_arch": "a", "split": "train"},
-                                 make_dataset=lambda p: IndexBuildDataset(p, 32))
+        build_index([], tiny_embed_fn(), tmp_path / "y", {"clip_arch": "a", "split": "train"},
+                    make_dataset=lambda p: IndexBuildDataset(p, 32))
 
 
 # ------------------------------------------------------------------------------- published pickle
@@ -194,27 +194,15 @@ def _legacy_storage_bytes(storage, location: str) -> bytes:
     return data.replace(tag, b"X" + len(location).to_bytes(4, "little") + location.encode())
 
 
-def _zip_storage_bytes(storage, location: str) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(storage, buffer)
-    src, dst = zipfile.ZipFile(io.BytesIO(buffer.getvalue())), io.BytesIO()
-    with zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as z:
-        for info in src.infolist():
-            content = src.read(info)
-            if info.filename.endswith("data.pkl"):
-                content = content.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00" + location.encode())
-            z.writestr(info, content)
-    return dst.getvalue()
-
-
-def _pickle_with_location(obj, location: str, archive: str = "legacy") -> bytes:
-    """A plain pickle of `obj` whose tensor storages record `location` (e.g. 'cuda:0', as if saved on a GPU)."""
-    out, encode = io.BytesIO(), (_legacy_storage_bytes if archive == "legacy" else _zip_storage_bytes)
+def _pickle_legacy_with_location(obj, location: str) -> bytes:
+    """A plain pickle of `obj` whose tensor storages are legacy archives recording `location` (e.g.
+    'cuda:0', as if saved on a GPU); test_io.pickle_as_if_saved_on_cuda makes the zip-archive kind."""
+    out = io.BytesIO()
 
     class LocationPickler(pickle.Pickler):
         def reducer_override(self, value):
             if isinstance(value, torch.storage.TypedStorage):
-                return torch.storage._load_from_bytes, (encode(value, location),)
+                return torch.storage._load_from_bytes, (_legacy_storage_bytes(value, location),)
             return NotImplemented
 
     LocationPickler(out, protocol=4).dump(obj)
@@ -242,7 +230,8 @@ def test_published_pickle_converts_exactly(tmp_path, variant):
     elif variant == "numpy":
         data = pickle.dumps({k: v.numpy() for k, v in table.items()})
     else:
-        data = _pickle_with_location(table, "cuda:0", variant.split("-")[0])
+        data = (_pickle_legacy_with_location(table, "cuda:0") if variant == "legacy-cuda"
+                else pickle_as_if_saved_on_cuda(table))
         assert b"cuda:0" in data
     pkl.write_bytes(data)
     index = ensure_index(tmp_path, "ViT-L/14@336px", "train", expected_dim=24)
@@ -257,9 +246,9 @@ def test_published_pickle_converts_exactly(tmp_path, variant):
 def test_legacy_fast_path_matches_torch_load():
     storage = torch.randn(768).storage()
     data = _legacy_storage_bytes(storage, "cuda:1")
-    values = index_module._parse_legacy_storage(data)
+    values = _parse_legacy_storage(data)
     assert values is not None and np.array_equal(values, np.asarray(storage.tolist(), dtype=np.float32))
-    assert index_module._parse_legacy_storage(data[:-4]) is None  # truncated: falls back to torch.load
+    assert _parse_legacy_storage(data[:-4]) is None  # truncated: falls back to torch.load
 
 
 class _Evil:
