@@ -70,23 +70,10 @@ def palette(dataset_name: str) -> np.ndarray:
     """RGB colour of each scored class, uint8 (n_eval, 3).
 
     coco_stuff: the first 27 entries of the 512-entry PASCAL VOC colormap (index = coarse label),
-    which equals `voc_colormap(27)`.
+    which equals `utils.palette.voc_colormap(27)`.
     """
     colours = np.asarray(_load(_PALETTE_FILES[_check_name(dataset_name)]), dtype=np.uint8)
     return colours[: n_eval_classes(dataset_name)].copy()
-
-
-def voc_colormap(n: int = 512) -> np.ndarray:
-    """PASCAL VOC colormap (SPEC 10.2), uint8 (n, 3): bit k of the index goes to channel k % 3."""
-    colours = np.zeros((n, 3), dtype=np.uint8)
-    for index in range(n):
-        i, colour = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((i >> channel) & 1) << shift
-            i >>= 3
-        colours[index] = colour
-    return colours
 
 
 def prediction_to_eval(dataset_name: str) -> Optional[np.ndarray]:

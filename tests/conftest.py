@@ -1,4 +1,6 @@
+import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -16,3 +18,34 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Nothing in the suite may reach the network: only local sockets (loopback, AF_UNIX) connect."""
+    connect, create_connection = socket.socket.connect, socket.create_connection
+
+    def guarded_connect(self, address):
+        if not _is_local(address):
+            raise OSError(f"network access attempted in a test: {address}")
+        return connect(self, address)
+
+    def guarded_create_connection(address, *args, **kwargs):
+        if not _is_local(address):
+            raise OSError(f"network access attempted in a test: {address}")
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)

