@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -19,7 +20,7 @@ from reco.references import stack_references
 from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, setup_logging
-from utils.io import safe_load_pickle, save_json, save_pickle, save_png
+from utils.io import atomic_write, safe_load_pickle, save_json, save_pickle, save_png
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_cosegmentation, save_panels
 
@@ -142,39 +143,71 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
     )
     save_masks = split == "train"
     skipped: list[str] = []
+    resumed = 0
     for i, batch in enumerate(tqdm(loader, desc=f"ReCo {name} {split}", unit="batch")):
         skipped += batch["errors"]
         for error in batch["errors"]:
             logger.warning("skipped unreadable image %s", error)
         if batch["image"] is None:
             continue
-        images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"]
-        probabilities = predict(images, encoder, references, dense_clip, text)  # (B, N, H, W)
-        rgb = denormalise_image(images.cpu())
-        refined = dense_crf_batch(rgb, torch.log_softmax(probabilities, dim=1), backend=crf_backend,
-                                  n_workers=config.crf_workers or config.n_workers)
-        pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)
-        if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
-            pred, pred_crf = lut[pred], lut[pred_crf]
-        pred, pred_crf = pred.cpu().numpy(), pred_crf.cpu().numpy()
+        saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks else None
+        if saved is not None:  # written by an earlier, interrupted run: score them, skip the models
+            pred, pred_crf = saved
+            resumed += len(pred)
+        else:
+            pred, pred_crf = _predict_batch(batch["image"], device, encoder, references, dense_clip, text,
+                                            lut, crf_backend, config.crf_workers or config.n_workers)
         scores.update(labels, pred)
         scores_crf.update(labels, pred_crf)
-        if save_masks:
+        if save_masks and saved is None:
             for j, mask_name in enumerate(batch["name"]):
                 save_png(run_dir / "dt" / mask_name, pred[j].astype(np.uint8))
                 save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
         if i < config.n_visualisations:
-            save_panels(run_dir / f"{i:04d}.png", rgb[0], labels[0].numpy(), pred[0], pred_crf[0], palette)
+            rgb = denormalise_image(batch["image"][:1])[0]
+            save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette)
 
     class_names = metadata.eval_categories(name)
     results = named_scores(scores.scores(), class_names)
     results_crf = named_scores(scores_crf.scores(), class_names)
     save_json(run_dir / "results.json", results)
     save_json(run_dir / "results_crf.json", results_crf)
+    if resumed:
+        logger.info("%d pseudo-masks were already written by an earlier run and were reused", resumed)
     if skipped:
-        (run_dir / "skipped_images.txt").write_text("\n".join(skipped) + "\n")
+        with atomic_write(run_dir / "skipped_images.txt", "w") as f:
+            f.write("\n".join(skipped) + "\n")
         logger.warning("%d unreadable images skipped, listed in %s", len(skipped), run_dir / "skipped_images.txt")
     logger.info("mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", results["Mean IoU"],
                 results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
+
+
+def _predict_batch(images, device, encoder, references, dense_clip, text, lut, crf_backend, crf_workers):
+    """ReCo and ReCo + CRF label maps (B, H, W) of a batch, in the scored classes (numpy int64)."""
+    images = images.to(device, non_blocking=True)
+    probabilities = predict(images, encoder, references, dense_clip, text)  # (B, N, H, W)
+    refined = dense_crf_batch(denormalise_image(images.cpu()), torch.log_softmax(probabilities, dim=1),
+                              backend=crf_backend, n_workers=crf_workers)
+    pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)
+    if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
+        pred, pred_crf = lut[pred], lut[pred_crf]
+    return pred.cpu().numpy(), pred_crf.cpu().numpy()
+
+
+def _saved_masks(run_dir: Path, names: Sequence[str], shape: tuple[int, ...]):
+    """The batch's dt/ and dt_crf/ masks if an earlier run wrote them all (and they read back), else None."""
+    stacks = []
+    for sub in ("dt", "dt_crf"):
+        masks = []
+        for name in names:
+            path = run_dir / sub / name
+            if not path.is_file():
+                return None
+            try:
+                masks.append(np.asarray(Image.open(path), dtype=np.int64))
+            except OSError:
+                return None
+        stacks.append(np.stack(masks))
+    return tuple(stacks) if stacks[0].shape == shape and stacks[1].shape == shape else None

@@ -135,6 +135,18 @@ def test_pseudo_masks_of_the_train_split(tmp_path, monkeypatch):
     valid = item["label"] >= 0
     assert float((mask[valid] == item["label"][valid]).float().mean()) > 0.9
 
+    # Resume: masks already written are scored from disk and not recomputed; missing ones are.
+    results = (out / "results_crf.json").read_text()
+    first, second = split.names
+    (out / "dt_crf" / first).unlink()
+    kept = (out / "dt_crf" / second).stat().st_mtime_ns
+    config.write_text(config.read_text().replace("batch_size: 2", "batch_size: 1"))
+    assert main_reco.main(["--config", str(config), "--split", "train"]) == 0
+    assert (out / "dt_crf" / first).is_file()
+    assert (out / "dt_crf" / second).stat().st_mtime_ns == kept
+    assert (out / "results_crf.json").read_text() == results
+    assert "reused" in (out / "reco.log").read_text()
+
 
 def test_tiny_random_models_run_val_and_train(tmp_path):
     write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=2)
