@@ -153,9 +153,12 @@ def test_tiny_random_models_run_val_and_train(tmp_path):
     write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
     write_cityscapes(tmp_path / "cityscapes", "train", n_images=2)
     config = reco_config(tmp_path, n_imgs=2)
+    assert main_reco.main(["--config", str(config), "--stage", "references"]) == 0
+    assert (tmp_path / "cityscapes" / "tiny_vit_in_train_ce_ta_cat_to_img_feature_k2.pkl").is_file()
+    out = tmp_path / "ckpt" / "cityscapes"
+    assert not (out / "val/reco/tiny_vit_in_train_ce_ta_dc/k002/results.json").exists()
     assert main_reco.main(["--config", str(config)]) == 0
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0
-    out = tmp_path / "ckpt" / "cityscapes"
     assert (out / "val/reco/tiny_vit_in_train_ce_ta_dc/k002/results_crf.json").is_file()
     assert len(list((out / "train/reco/tiny_vit_in_train_ce_ta_dc/k002/dt_crf").iterdir())) == 2
 
