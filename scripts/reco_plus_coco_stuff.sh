@@ -1,18 +1,5 @@
 #!/usr/bin/env bash
 # ReCo+ on coco_stuff. Usage: bash scripts/reco_plus_coco_stuff.sh [weights.pt] [extra main_reco_plus.py options]
-#   no weights: train DeepLabv3+ on the pseudo-masks (resumes from last.pt in the run directory);
-#   weights:    evaluate that state_dict on val (e.g. the authors' reco_plus_dlp_rn101_coco_stuff.pt) into {run}/eval/.
-# Works from the repository root, from scripts/ or from anywhere else. Set CONFIG to use another YAML file,
-# PYTHON to use another interpreter. Multi-GPU training: torchrun --nproc_per_node N main_reco_plus.py --config ...
-set -euo pipefail
-args=()
-if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then
-    # The weights path is resolved before changing directory, so relative paths keep working.
-    weights="$1"; shift
-    case "$weights" in /*) ;; *) weights="$(pwd)/$weights" ;; esac
-    args=(--weights "$weights")
-fi
-config="${CONFIG:-configs/reco_plus_coco_stuff.yaml}"
-case "$config" in /*|configs/*) ;; *) config="$(pwd)/$config" ;; esac
-cd "$(dirname "$0")/.."
-exec "${PYTHON:-python3}" main_reco_plus.py --config "$config" "${args[@]}" "$@"
+#   no weights: train; weights: evaluate them on val. Reads configs/reco_plus_coco_stuff.yaml unless CONFIG is set;
+#   details (PYTHON, torchrun): scripts/reco_plus.sh.
+exec bash "$(dirname "$0")/reco_plus.sh" coco_stuff "$@"
