@@ -73,6 +73,7 @@ class FileReferenceCache(ReferenceCache):
         ] + ([f"ta_{_slug(config.dense_clip_arch)}"] if config.text_attention else [])
           + (["slicebug"] if config.reproduce_seed_slice_bug else []))
         self.directory = Path(root) / setting
+        self._loaded: dict[Path, Optional[torch.Tensor]] = {}  # each file is read at most once per run
 
     def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
         digest = hashlib.sha1("\n".join(contexts).encode()).hexdigest()[:10] if contexts else "none"
@@ -81,6 +82,12 @@ class FileReferenceCache(ReferenceCache):
 
     def get(self, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
         path = self._path(name, contexts)
+        if path not in self._loaded:
+            self._loaded[path] = self._read(path, name, contexts)
+        return self._loaded[path]
+
+    @staticmethod
+    def _read(path: Path, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
         if not path.is_file():
             return None
         try:
@@ -92,8 +99,9 @@ class FileReferenceCache(ReferenceCache):
         return None
 
     def put(self, name: str, contexts: tuple[str, ...], reference: torch.Tensor) -> None:
-        torch_save({"name": name, "contexts": list(contexts), "reference": reference.detach().cpu()},
-                   self._path(name, contexts))
+        path = self._path(name, contexts)
+        torch_save({"name": name, "contexts": list(contexts), "reference": reference.detach().cpu()}, path)
+        self._loaded[path] = reference.detach().cpu().float()
 
 
 def compute_references(
