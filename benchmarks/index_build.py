@@ -3,7 +3,7 @@ vs the model's forward alone on the same batch shape, in images/s, on any device
 
 Writes --n-images synthetic ImageNet-sized JPEGs (about 400 x 350, like ImageNet's average), then
   1. model only: embed_fn on a random (B, 3, S, S) batch already on the device (fp16 autocast on CUDA),
-  2. full build: reco.index_build.build_index over the JPEGs (DataLoader with --num-workers, pinned memory),
+  2. full build: image_index.build.build_index over the JPEGs (DataLoader with --num-workers, pinned memory),
 and prints both rates and their ratio (target on a GPU: >= 85% of the model-only rate).
 
     python benchmarks/index_build.py                                    # CPU: tiny CLIP, random weights
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from datasets.imagenet import IndexBuildDataset, list_imagenet_images  # noqa: E402
 from networks import build_clip, clip_image_size  # noqa: E402
-from reco.index_build import build_index  # noqa: E402
+from image_index.build import build_index  # noqa: E402
 from utils.device import resolve_device, setup_logging  # noqa: E402
 
 

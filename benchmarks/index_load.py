@@ -4,8 +4,8 @@ Writes a synthetic index of --n rows x --dim (default 1,281,167 x 768, as ImageN
 ViT-L/14@336px) in both formats, then times, each in a fresh subprocess (peak RSS measured there):
   * pickle.load of the published format + stacking the rows (what the original does),
   * utils.io.safe_load_pickle of it (the generic safe loader),
-  * reco.published_index.convert_published_pickle (our one-time streaming conversion),
-  * reco.index.load_index (memmap open) + first access, and a full read of the matrix,
+  * image_index.published.convert_published_pickle (our one-time streaming conversion),
+  * image_index.storage.load_index (memmap open) + first access, and a full read of the matrix,
 and top-k retrieval (reco.retrieval.retrieve_top_k) of --queries random queries.
 Files are evicted from the page cache (posix_fadvise) before each load, so loads are cold.
 
@@ -146,7 +146,7 @@ def child(kind: str, path: str, extra: str) -> None:
     start = time.perf_counter()
     result: dict = {}
     if kind == "baseline":  # the imports every measurement pays for
-        from reco.index import load_index  # noqa: F401
+        from image_index.storage import load_index  # noqa: F401
         from utils.io import safe_load_pickle  # noqa: F401
     elif kind == "pickle":
         with open(path, "rb") as f:
@@ -159,11 +159,11 @@ def child(kind: str, path: str, extra: str) -> None:
 
         result["rows"] = len(safe_load_pickle(path))
     elif kind == "convert":
-        from reco.published_index import convert_published_pickle
+        from image_index.published import convert_published_pickle
 
         convert_published_pickle(path, extra, "ViT-L/14@336px", "train")
     elif kind == "ours":
-        from reco.index import load_index
+        from image_index.storage import load_index
 
         index = load_index(path, expected_dim=768)
         result["first_access_sum"] = float(np.asarray(index.embeddings[len(index) // 2], np.float32).sum())
@@ -191,7 +191,7 @@ def measure(kind: str, path: Path, extra: str = "") -> dict:
 
 
 def retrieval(directory: Path, n_queries: int, k: int) -> dict:
-    from reco.index import load_index
+    from image_index.storage import load_index
     from reco.retrieval import retrieve_top_k
 
     index = load_index(directory)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 import networks
 from datasets import imagenet
 from networks.clip import DenseCLIP
-from reco.index import ensure_index, index_dir, published_pickle_path
+from image_index.storage import ensure_index, index_dir, published_pickle_path
 from reco.references import ReferenceCache, compute_reference_embeddings
 from reco.retrieval import retrieve_top_k
 from reco.text import text_embeddings

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import networks
 from datasets.imagenet import IndexBuildDataset, list_imagenet_images
 from entry.reco_common import clip_precision
-from reco.index import ensure_index, index_dir, published_pickle_path
-from reco.index_build import build_index
+from image_index.storage import ensure_index, index_dir, published_pickle_path
+from image_index.build import build_index
 from utils import distributed
 from utils.config import RecoConfig, require_dir
 from utils.device import resolve_device, setup_logging

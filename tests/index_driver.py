@@ -16,7 +16,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.imagenet import IndexBuildDataset, list_imagenet_images  # noqa: E402
-from reco.index_build import build_index  # noqa: E402
+from image_index.build import build_index  # noqa: E402
 from utils import distributed  # noqa: E402
 
 EMBED_DIM = 16

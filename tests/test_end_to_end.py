@@ -203,7 +203,7 @@ def test_index_built_with_another_clip_is_refused(tmp_path, monkeypatch, capsys)
 def test_stage_index_converts_the_published_pickle(tmp_path):
     import pickle
 
-    from reco.index import load_index
+    from image_index.storage import load_index
 
     (tmp_path / "ImageNet2012").mkdir()
     g = torch.Generator().manual_seed(0)

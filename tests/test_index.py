@@ -19,9 +19,10 @@ from torchvision.transforms import InterpolationMode
 from datasets.imagenet import (IndexBuildDataset, imagenet_path, list_imagenet_images, load_retrieved_images)
 from datasets.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from index_driver import EMBED_DIM, build, tiny_embed_fn
-from reco.index import IndexNotFoundError, ensure_index, index_dir, index_tag, load_index, published_pickle_path
-from reco.index_build import build_index
-from reco.published_index import _parse_legacy_storage, convert_published_pickle
+from image_index.storage import (IndexNotFoundError, ensure_index, index_dir, index_tag, load_index,
+                                 published_pickle_path)
+from image_index.build import build_index
+from image_index.published import _parse_legacy_storage, convert_published_pickle
 from synthetic import write_corrupt_jpeg, write_imagenet
 from test_io import pickle_as_if_saved_on_cuda
 from utils.io import UnsafePickleError

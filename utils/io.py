@@ -159,7 +159,7 @@ def safe_load_pickle(path: str | os.PathLike, overrides: Optional[Mapping[tuple[
     Tensors saved on CUDA land on the CPU. Any other global (a class, a function such as os.system)
     raises `UnsafePickleError` naming it, before anything it refers to is called.
     `overrides` replaces the callables of allowed globals with the caller's own (e.g. a streaming
-    tensor decoder, reco.published_index.convert_published_pickle); it cannot allow any other global.
+    tensor decoder, image_index.published.convert_published_pickle); it cannot allow any other global.
     """
     path = Path(path)
     unknown = sorted(set(overrides or ()) - set(_SAFE_GLOBALS))

@@ -6,8 +6,8 @@
                                       /failed_images.txt  images that could not be read (build only)
 
 The directory is published by one rename of a complete temporary directory (fresh_tmp_dir, publish),
-so it exists complete or not at all. Its two writers live beside this module: reco.index_build
-(build_index: embed ImageNet, sharded and resumable) and reco.published_index
+so it exists complete or not at all. Its two writers live beside this module: image_index.build
+(build_index: embed ImageNet, sharded and resumable) and image_index.published
 (convert_published_pickle: the authors' published pickle); both import their shared helpers from here.
 These modules do the index file I/O; models and datasets come in as callables (no networks/ or
 datasets/ imports).
@@ -100,7 +100,7 @@ def ensure_index(dir_imagenet: str | os.PathLike, clip_arch: str, split: str, ex
                  logger: Optional[logging.Logger] = None) -> ImageNetIndex:
     """The index of (clip_arch, split): loaded if built, else converted from the authors' published
     pickle if it is in dir_imagenet, else IndexNotFoundError saying how to get one."""
-    from reco.published_index import convert_published_pickle  # not at the top: it imports this module
+    from image_index.published import convert_published_pickle  # not at the top: it imports this module
 
     directory = index_dir(dir_imagenet, clip_arch, split)
     if not directory.exists():

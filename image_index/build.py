@@ -1,7 +1,8 @@
-"""Building the ImageNet index (reco.index for the layout): embed ImageNet images, sharded and resumable.
+"""Building the ImageNet index (image_index.storage for the layout): embed ImageNet images, sharded and
+resumable.
 
 A build keeps its finished shards in `.{tag}_{split}.partial-<plan>/` beside the index directory until
-the merge, which stages the index and publishes it with reco.index.publish. Models and datasets come
+the merge, which stages the index and publishes it with image_index.storage.publish. Models and datasets come
 in as callables (no networks/ or datasets/ imports).
 
 Building from an entry script (single process or `torchrun --nproc_per_node=N`):
@@ -34,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reco.index import (EMBEDDINGS_FILE, FAILED_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE, fresh_tmp_dir,
-                        load_index, publish, write_json, write_lines)
+from image_index.storage import (EMBEDDINGS_FILE, FAILED_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE,
+                                 fresh_tmp_dir, load_index, publish, write_json, write_lines)
 from utils.io import atomic_write, save_json
 
 

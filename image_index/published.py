@@ -1,8 +1,8 @@
-"""The authors' published index pickle (SPEC 2): convert it into the index layout of reco.index.
+"""The authors' published index pickle (SPEC 2): convert it into the index layout of image_index.storage.
 
 `filename_to_{tag}_{split}_img_embedding.pkl` is a dict basename -> float32 (D,) tensor. It is read
 through utils.io.safe_load_pickle with streaming decoders (_PublishedReader), and the staged index is
-published with reco.index.publish, so nothing visible is written unless the whole file is valid.
+published with image_index.storage.publish, so nothing visible is written unless the whole file is valid.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from reco.index import (EMBEDDINGS_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE, fresh_tmp_dir, publish,
-                        write_json, write_lines)
+from image_index.storage import (EMBEDDINGS_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE, fresh_tmp_dir,
+                                 publish, write_json, write_lines)
 from utils.io import safe_load_pickle
 
 # SPEC 2: the extraction script's default input size per CLIP (recorded in meta.json of converted pickles).
