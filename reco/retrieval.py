@@ -1,37 +1,52 @@
 """Top-k retrieval of index images for many queries at once (SPEC 4), from a memory-mapped fp16 matrix.
 
 The index (M, D) is read in row chunks; each chunk is multiplied with all queries at once and merged into
-a running top-k with torch.topk. Results are exact w.r.t. float32 cosine scores:
+a running top-k with torch.topk. Results are exact w.r.t. float32 cosine scores of the stored rows:
 
 * "fp32": every chunk is converted to float32 (into one reused buffer) and scored in float32 (the GPU
   path always does this; 336 GFLOP for 171 x 1.28M x 768, milliseconds on a GPU).
-* "bf16" (CPU with native bf16 dot products, e.g. AVX512-BF16): a bf16 pass (3-4x the float32 GEMM rate
-  on such CPUs) keeps every row whose approximate score can still be in the top k, using a rigorous
-  bound on the bf16 rounding error (_Bf16Bound); those candidates (a few hundred per query) are
-  re-scored in float32 and the top k taken. Same answer as "fp32" up to float32 rounding ties, about
-  2x faster end to end on CPU: 1.8 s vs 3.7 s for 171 x 1,281,167 x 768 on 2 Zen 4 cores, of which the
-  bf16 GEMM (336 GFLOP at ~300 GFLOP/s) is 1.1 s.
+* "bf16" (CPU with native bf16 dot products, e.g. AVX512-BF16): a bf16 pass with a provable error bound
+  selects candidates that are re-scored in float32 (reco.retrieval_bf16). Same answer as "fp32" up to
+  float32 rounding ties, about 2x faster end to end on CPU: 1.8 s vs 3.7 s for 171 x 1,281,167 x 768 on
+  2 Zen 4 cores, of which the bf16 GEMM (336 GFLOP at ~300 GFLOP/s) is 1.1 s.
+
+An index converted from float32 embeddings that float16 cannot hold exactly (ExactRows: the float32
+rows kept beside it) is searched the same way for candidates, with the margin widened by a proven bound
+on the float16 rounding; the candidates are then re-scored from the float32 rows, so near-ties that
+float16 reorders (score differences of ~1e-5) come out in the float32 order.
 """
 from __future__ import annotations
 
-import functools
-import warnings
-from typing import Optional, Union
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
 
-Embeddings = Union[np.ndarray, torch.Tensor]
+from reco.retrieval_bf16 import (FP32_UNIT_ROUNDOFF, Embeddings, bf16_candidates, fast_cpu_bf16, gather_rows,
+                                 rescore_float32, rows_view)
 
-_BF16_UNIT_ROUNDOFF = 2.0 ** -8
-_FP32_UNIT_ROUNDOFF = 2.0 ** -24
 _BF16_MIN_ROWS = 65536  # below this the fp32 path is fast anyway
-_CONVERT_ROWS = 8192  # rows per float32 staging block of the bf16 conversion (24 MB at D = 768)
+_EXTRA_CANDIDATES = 256  # first guess of the candidates beyond k taken from the float16 scores
+
+
+@dataclass(frozen=True)
+class ExactRows:
+    """The float32 rows a float16 index was rounded from, for exact re-scoring of candidates.
+
+    rows (M, D) float32 (numpy memmap or tensor); max_residual: an upper bound on ||rows_j - fp16_j||_2
+    over all rows j; max_norm: an upper bound on ||fp16_j||_2. Both are recorded at conversion.
+    """
+
+    rows: Embeddings
+    max_residual: float
+    max_norm: float
 
 
 def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
                    device: Optional[Union[str, torch.device]] = None, chunk_rows: int = 131072,
-                   method: str = "auto") -> torch.Tensor:
+                   method: str = "auto", exact_rows: Optional[ExactRows] = None) -> torch.Tensor:
     """Indices of the k highest-scoring index rows for each query, in rank order.
 
     queries (N, D) tensor (unit rows for cosine similarity, SPEC 3); embeddings (M, D) numpy array or
@@ -39,12 +54,18 @@ def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
     device: where to compute; None -> the embeddings' device if a tensor, else CPU.
     method: "auto" (GPU: fp32; CPU: bf16 pre-filter + fp32 re-scoring when the CPU has native bf16,
     else fp32), "fp32" or "bf16". Returns LongTensor (N, k) on the CPU. Ties are broken arbitrarily.
+    exact_rows: the float32 originals of `embeddings` (ExactRows). Then the result is exactly the top k
+    of the float32 rows: ranked by q . e32 evaluated in float64 (each product exact; the sums to ~1e-13),
+    equal scores in row order (a stable argsort), whatever the method and device.
     """
     if queries.ndim != 2:
         raise ValueError(f"queries must be (N, D), got shape {tuple(queries.shape)}")
     if embeddings.ndim != 2 or embeddings.shape[1] != queries.shape[1]:
         raise ValueError(f"embeddings must be (M, {queries.shape[1]}) to match the queries, "
                          f"got shape {tuple(embeddings.shape)}")
+    if exact_rows is not None and tuple(exact_rows.rows.shape) != tuple(embeddings.shape):
+        raise ValueError(f"exact_rows.rows has shape {tuple(exact_rows.rows.shape)}, the embeddings "
+                         f"{tuple(embeddings.shape)}: they must be the same rows")
     n_rows = int(embeddings.shape[0])
     if not 1 <= k <= n_rows:
         raise ValueError(f"k must be in [1, {n_rows}] (index rows), got {k}")
@@ -56,27 +77,38 @@ def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
     if method not in ("auto", "fp32", "bf16"):
         raise ValueError(f"method must be 'auto', 'fp32' or 'bf16', got {method!r}")
     if method == "auto":
-        method = "bf16" if device.type == "cpu" and _fast_cpu_bf16() and n_rows >= _BF16_MIN_ROWS else "fp32"
+        method = "bf16" if device.type == "cpu" and fast_cpu_bf16() and n_rows >= _BF16_MIN_ROWS else "fp32"
     if method == "bf16" and device.type != "cpu":
         raise ValueError("method='bf16' is the CPU path; use 'fp32' (or 'auto') on a GPU")
     if queries.shape[0] == 0:
         return torch.zeros(0, k, dtype=torch.long)
     if not bool(torch.isfinite(queries).all()):
         raise ValueError("queries contain NaN or infinite values")
-    with torch.inference_mode():
+    with torch.inference_mode(), _full_float32_matmul():
+        q = queries.detach().float()
         if method == "bf16":
-            return _top_k_bf16_rescored(queries.detach().float().cpu(), embeddings, k, chunk_rows)
-        return _top_k_fp32(queries.detach().to(device=device, dtype=torch.float32), embeddings, k, chunk_rows,
-                           device)
+            q = q.cpu()
+            extra = None if exact_rows is None else q.double().norm(dim=1) * exact_rows.max_residual * (1 + 1e-4)
+            qi, row = bf16_candidates(q, embeddings, k, chunk_rows, extra=extra)
+            if exact_rows is None:
+                return rescore_float32(q, embeddings, qi, row, k)
+            return _exact_top_k(q, exact_rows.rows, qi, row, k)
+        q = q.to(device)
+        if exact_rows is None:
+            return _top_k_fp32(q, embeddings, k, chunk_rows, device)[1].cpu()
+        qi, row = _fp32_candidates(q, embeddings, k, chunk_rows, device, exact_rows)
+        return _exact_top_k(q.cpu(), exact_rows.rows, qi, row, k)
 
 
-def _chunk(embeddings: Embeddings, start: int, stop: int) -> torch.Tensor:
-    """Rows [start, stop) as a tensor without copying (a view of the memmap for numpy input)."""
-    if isinstance(embeddings, torch.Tensor):
-        return embeddings[start:stop]
-    with warnings.catch_warnings():  # read-only memmap: we never write through the view
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.ascontiguousarray(embeddings[start:stop]))
+@contextlib.contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    """float32 GEMMs in full float32 (no TF32 / bf16 internal precision), which the error bounds assume."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _merge(best_v: Optional[torch.Tensor], best_i: Optional[torch.Tensor], v: torch.Tensor, i: torch.Tensor,
@@ -88,170 +120,63 @@ def _merge(best_v: Optional[torch.Tensor], best_i: Optional[torch.Tensor], v: to
 
 
 def _top_k_fp32(q: torch.Tensor, embeddings: Embeddings, k: int, chunk_rows: int,
-                device: torch.device) -> torch.Tensor:
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) (N, k) on `device`, values descending: float32 scores of the stored rows."""
     n_rows, dim = embeddings.shape
     buffer = torch.empty(min(chunk_rows, n_rows), dim, dtype=torch.float32, device=device)
     best_v = best_i = None
     for start in range(0, n_rows, chunk_rows):
         stop = min(start + chunk_rows, n_rows)
         rows = buffer[: stop - start]
-        rows.copy_(_chunk(embeddings, start, stop))  # fp16 -> fp32 (and host -> device) into one buffer
+        rows.copy_(rows_view(embeddings, start, stop))  # fp16 -> fp32 (and host -> device) into one buffer
         scores = q @ rows.T  # (N, chunk)
         v, i = scores.topk(min(k, stop - start), dim=1)
         best_v, best_i = _merge(best_v, best_i, v, i + start, k)
-    return best_i.cpu()
+    return best_v, best_i
 
 
-class _Bf16Bound:
-    """Rigorous bound on |exact - bf16| scores for the pre-filter.
+def _fp32_candidates(q: torch.Tensor, embeddings: Embeddings, k: int, chunk_rows: int, device: torch.device,
+                     exact: ExactRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, row) CPU pairs holding every row of the exact float32 top k of each query (at least k each).
 
-    With q~ = bf16(q), e~ = bf16(e) (round to nearest), float32 accumulation over D terms and a bf16
-    result s^ (any rounding to nearest or towards zero):
-        |q.e - s^| <= E + u'|s^|,   E = ||q - q~|| R + (u + gamma_D (1 + u)) ||q~|| R,   u' = 2u / (1 - 2u)
-    for every row with ||e|| <= R (u = 2^-8, gamma_D = D 2^-24 / (1 - D 2^-24)). If a is the k-th best
-    s^, the k-th best exact score is >= f(a) - E with f(x) = x - u'|x|, and a row can only reach it if
-    g(s^) + E >= f(a) - E with g(x) = x + u'|x| (f and g increasing): `threshold` inverts g.
-    """
-
-    def __init__(self, q: torch.Tensor, q_bf16: torch.Tensor) -> None:
-        u = _BF16_UNIT_ROUNDOFF
-        dim = q.shape[1]
-        gamma = dim * _FP32_UNIT_ROUNDOFF / (1 - dim * _FP32_UNIT_ROUNDOFF)
-        q64, qb64 = q.double(), q_bf16.double()
-        # per query, times R: 5% slack for the float32 arithmetic of this bound itself
-        self.per_norm = (1.05 * ((q64 - qb64).norm(dim=1) + (u + gamma * (1 + u)) * qb64.norm(dim=1))).float()
-        self.rel = 2 * u / (1 - 2 * u)
-
-    def threshold(self, a_k: torch.Tensor, max_norm: float) -> torch.Tensor:
-        """(N,) lowest bf16 score that may still belong to the top k, given a_k (N,) and R."""
-        e = self.per_norm * max_norm * (1 + 1e-4) + 1e-7  # 1e-4: float32 rounding of the norms in R
-        y = a_k - self.rel * a_k.abs() - 2 * e
-        return torch.where(y >= 0, y / (1 + self.rel), y / (1 - self.rel))
-
-
-def _top_k_bf16_rescored(q: torch.Tensor, embeddings: Embeddings, k: int, chunk_rows: int,
-                         warm_rows: int = 262144) -> torch.Tensor:
-    """bf16 pre-filter with a provable error margin (_Bf16Bound), then float32 re-scoring of candidates.
-
-    The running k-th best bf16 score a_k only grows as chunks are read, so a row below the threshold
-    at any time can be dropped for good. The scores of the first `warm_rows` rows are kept until a_k
-    covers all of them, so that the threshold is high from the start.
+    s^ = fl32(q . e16) errs from the exact t = q . e32 by at most B = ||q|| (r + gamma_D R): r bounds
+    ||e32 - e16|| (Cauchy-Schwarz) and the float32 GEMM, in any summation order, errs by at most
+    gamma_D sum |q_i e_i| <= gamma_D ||q|| R with R >= ||e16|| (fp16 -> fp32 is exact). With a the k-th
+    best s^, the k-th best t is >= a - B, and a row can reach it only if s^ >= a - 2B. The widest
+    candidate list needed is not known in advance: the top k + m are taken, m growing until the last
+    of them lies below a - 2B, so that no row outside can qualify.
     """
     n_rows, dim = embeddings.shape
-    n_queries = q.shape[0]
-    q_bf16 = q.bfloat16()
-    bound = _Bf16Bound(q, q_bf16)
-    buffer16 = torch.empty(min(chunk_rows, n_rows), dim, dtype=torch.bfloat16)
-    staging = torch.empty(min(_CONVERT_ROWS, n_rows), dim)  # float32, small enough to stay in cache
-    top_v = torch.full((n_queries, k), -float("inf"))  # running bf16 top-k values (as float32), descending
-    max_norm = 0.0
-    candidates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    warm: list[tuple[int, torch.Tensor]] = []
-    for start in range(0, n_rows, chunk_rows):
-        stop = min(start + chunk_rows, n_rows)
-        rows16 = buffer16[: stop - start]
-        max_norm = max(max_norm, _to_bf16(_chunk(embeddings, start, stop), rows16, staging))
-        scores = q_bf16 @ rows16.T  # (N, chunk) bf16
-        if start < warm_rows:  # warm-up: dense top k; candidates taken once a_k covers all warm-up rows
-            v = scores.topk(min(k, stop - start), dim=1).values.float()
-            top_v = torch.cat([top_v, v], dim=1).topk(k, dim=1).values
-            warm.append((start, scores))
-            if stop < min(warm_rows, n_rows):
-                continue
-            threshold = bound.threshold(top_v[:, k - 1], max_norm)
-            candidates += [_above(w, threshold, offset) for offset, w in warm]
-            warm.clear()
-            continue
-        qi, row, v = _above(scores, bound.threshold(top_v[:, k - 1], max_norm), start)
-        candidates.append((qi, row, v))
-        if len(v):  # every value that can enter the top k is above the threshold, hence a candidate
-            top_v = _dense_top_k(qi, v, n_queries, k, top_v)[0]
-    qi, row, v = (torch.cat(c) for c in zip(*candidates))
-    keep = v >= bound.threshold(top_v[:, k - 1], max_norm)[qi]
-    return _rescore(q, embeddings, qi[keep], row[keep], k)
+    gamma = dim * FP32_UNIT_ROUNDOFF / (1 - dim * FP32_UNIT_ROUNDOFF)
+    bound = q.double().norm(dim=1) * (exact.max_residual + gamma * exact.max_norm)
+    margin = 2 * bound * (1 + 1e-6) + 1e-12  # slack for the float64 arithmetic of the bound itself
+    width = min(n_rows, k + _EXTRA_CANDIDATES)
+    while True:
+        values, rows = _top_k_fp32(q, embeddings, width, chunk_rows, device)
+        values = values.double()
+        threshold = values[:, k - 1] - margin
+        if width == n_rows or bool((values[:, -1] < threshold).all()):
+            break
+        width = min(n_rows, 4 * width)
+    qi, pos = (values >= threshold[:, None]).nonzero(as_tuple=True)
+    return qi.cpu(), rows[qi, pos].cpu()
 
 
-def _to_bf16(rows: torch.Tensor, out: torch.Tensor, staging: torch.Tensor) -> float:
-    """Copy rows (n, D) into out (n, D) bf16; returns the largest row norm (float32, an upper bound
-    on the rows' norms up to float32 rounding). Goes through a float32 staging block that stays in
-    cache: fp16 -> fp32 -> bf16 is faster than fp16 -> bf16 directly, and memory traffic stays low."""
-    largest = 0.0
-    for s in range(0, len(rows), len(staging)):
-        block = staging[: min(len(staging), len(rows) - s)]
-        block.copy_(rows[s: s + len(block)])
-        largest = max(largest, float(torch.linalg.vector_norm(block, dim=1).max()))
-        out[s: s + len(block)].copy_(block)
-    return largest
+def _exact_top_k(q: torch.Tensor, rows32: Embeddings, qi: torch.Tensor, row: torch.Tensor, k: int) -> torch.Tensor:
+    """Top k per query among candidate (query, row) pairs by q . e32 in float64, equal scores in row order.
 
-
-def _above(scores: torch.Tensor, threshold: torch.Tensor, offset: int,
-           block: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(query, row + offset, value) of the entries of scores (N, rows) bf16 that are >= threshold (N,).
-
-    Positive bf16 numbers order like their bit patterns read as int16 (negative ones all below), so
-    with positive thresholds the maxima of blocks of `block` consecutive rows are taken on the int16
-    view (several times faster than bf16 reductions on CPU) and only blocks reaching the threshold
-    are looked at entry by entry.
+    q (N, D) float32 CPU; rows32 (M, D) float32; qi, row (P,) CPU with at least k pairs per query.
+    Returns (N, k) row indices.
     """
-    n_queries, n = scores.shape
-    lowered = (threshold - threshold.abs() * 2.0 ** -7 - 1e-30).bfloat16()  # <= threshold: a superset
-    full = n - n % block
-    if not bool((lowered > 0).all()) or full == 0:
-        qi, row = (scores.float() >= threshold[:, None]).nonzero(as_tuple=True)
-        return qi, row + offset, scores[qi, row].float()
-    bits = scores[:, :full].view(torch.int16).view(n_queries, full // block, block)
-    qi, b = (bits.amax(dim=2) >= lowered.view(torch.int16)[:, None]).nonzero(as_tuple=True)
-    values = scores[:, :full].view(n_queries, full // block, block)[qi, b].float()  # (flagged, block)
-    f, j = (values >= threshold[qi, None]).nonzero(as_tuple=True)
-    qi, row, v = qi[f], b[f] * block + j, values[f, j]
-    if full < n:
-        tq, tr = (scores[:, full:].float() >= threshold[:, None]).nonzero(as_tuple=True)
-        qi, row = torch.cat([qi, tq]), torch.cat([row, tr + full])
-        v = torch.cat([v, scores[tq, tr + full].float()])
-    return qi, row + offset, v
-
-
-def _dense_top_k(qi: torch.Tensor, v: torch.Tensor, n_queries: int, k: int,
-                 top_v: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top k of scattered (query, value) pairs per query, optionally merged with a dense (N, k') top:
-    (values (N, k), positions into the pairs (N, k), -1 for entries that came from top_v)."""
-    counts = torch.bincount(qi, minlength=n_queries)
-    order = torch.argsort(qi, stable=True)
-    slot = torch.arange(len(qi)) - (torch.cumsum(counts, 0) - counts)[qi[order]]
-    width = max(int(counts.max()) if len(qi) else 0, 1)
-    dense = torch.full((n_queries, width), -float("inf"))
-    where = torch.full((n_queries, width), -1, dtype=torch.long)
-    dense[qi[order], slot] = v[order]
-    where[qi[order], slot] = order
-    if top_v is not None:
-        dense = torch.cat([top_v, dense], dim=1)
-        where = torch.cat([torch.full(top_v.shape, -1, dtype=torch.long), where], dim=1)
-    values, pos = dense.topk(k, dim=1)
-    return values, where.gather(1, pos)
-
-
-def _rescore(q: torch.Tensor, embeddings: Embeddings, qi: torch.Tensor, row: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact float32 top k of each query among its candidate (query, row) pairs."""
-    if int(torch.bincount(qi, minlength=q.shape[0]).min()) < k:  # the k bf16-best always pass the threshold
-        raise RuntimeError("internal error: fewer candidates than k in bf16 retrieval")
     unique, inverse = torch.unique(row, return_inverse=True)  # each row read once, in file order
-    if isinstance(embeddings, torch.Tensor):
-        vectors = embeddings[unique.to(embeddings.device)].float().cpu()
-    else:
-        vectors = torch.from_numpy(np.asarray(embeddings[unique.numpy()], dtype=np.float32))
-    exact = torch.empty(len(qi))
-    for s in range(0, len(qi), 65536):  # q . e per pair, in blocks to bound the temporary
-        exact[s: s + 65536] = torch.einsum("pd,pd->p", vectors[inverse[s: s + 65536]], q[qi[s: s + 65536]])
-    _, pos = _dense_top_k(qi, exact, q.shape[0], k)
-    return row[pos]
-
-
-@functools.lru_cache(maxsize=1)
-def _fast_cpu_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), where the bf16 GEMM beats fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+    vectors = gather_rows(rows32, unique).double()
+    q64 = q.double()
+    scores = torch.empty(len(qi), dtype=torch.float64)
+    for s in range(0, len(qi), 65536):  # in blocks to bound the temporary
+        scores[s: s + 65536] = (vectors[inverse[s: s + 65536]] * q64[qi[s: s + 65536]]).sum(dim=1)
+    qi_np, row_np = qi.numpy(), row.numpy()
+    if int(np.bincount(qi_np, minlength=q.shape[0]).min()) < k:  # the k best candidates always pass
+        raise RuntimeError("internal error: fewer candidates than k in exact retrieval")
+    order = np.lexsort((row_np, -scores.numpy(), qi_np))  # by query, then score descending, then row
+    first = np.searchsorted(qi_np[order], np.arange(q.shape[0]))
+    return torch.from_numpy(row_np[order][first[:, None] + np.arange(k)])

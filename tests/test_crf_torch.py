@@ -155,7 +155,7 @@ def test_batched_equals_one_by_one(size):
         assert_agree(reference[i], batched[i])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_batched_matches_pydensecrf():
     images = np.stack([photo(n, (96, 128)) for n in ("astronaut", "coffee")])
     logits = torch.stack([reco_like_logits(27, (96, 128), seed=i) for i in range(2)])

@@ -86,7 +86,7 @@ def test_argument_errors():
         retrieve_top_k(torch.zeros(2, 4), embeddings, 1, method="int8")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.cuda
 def test_cuda_equals_cpu(tmp_path):
     rng = np.random.default_rng(3)
     embeddings = _index(tmp_path, _unit(rng.standard_normal((20000, 64))))
@@ -95,3 +95,74 @@ def test_cuda_equals_cpu(tmp_path):
     cuda = retrieve_top_k(queries, embeddings, 50, device="cuda", chunk_rows=4096)
     assert cuda.device.type == "cpu"
     np.testing.assert_array_equal(cuda.numpy(), cpu.numpy())
+
+
+# ----------------------------------------------------------------------------- exact float32 re-scoring
+
+def _near_tie_index(tmp_path, n=3000, dim=64, n_ties=400, seed=5):
+    """float32 rows whose cosines with `query` around rank 50 differ by 1e-6, far below what float16
+    rows resolve (~1e-4): (query (D,) float32, float32 rows, float16 memmap, ExactRows)."""
+    from reco.retrieval import ExactRows
+
+    rng = np.random.default_rng(seed)
+    query = _unit(rng.standard_normal(dim))
+    noise = rng.standard_normal((n, dim))
+    noise -= np.outer(noise @ query, query)
+    cosines = np.concatenate([0.3 + 1e-6 * rng.permutation(n_ties), rng.uniform(-0.2, 0.29, n - n_ties)])
+    rows32 = (cosines[:, None] * query + np.sqrt(1 - cosines ** 2)[:, None] * _unit(noise)).astype(np.float32)
+    rows32 = rows32[rng.permutation(n)]
+    embeddings = _index(tmp_path, rows32)
+    residual = np.linalg.norm(rows32.astype(np.float64) - np.asarray(embeddings, np.float64), axis=1).max()
+    norm = np.linalg.norm(np.asarray(embeddings, np.float64), axis=1).max()
+    return query.astype(np.float32), rows32, embeddings, ExactRows(rows32, float(residual), float(norm))
+
+
+def _float32_argsort(queries: torch.Tensor, rows32: np.ndarray, k: int) -> np.ndarray:
+    scores = queries.double().numpy() @ rows32.astype(np.float64).T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("method,chunk_rows", [("fp32", 100000), ("fp32", 256), ("bf16", 512), ("bf16", 100000)])
+def test_exact_rows_give_the_float32_top_k_on_near_ties(tmp_path, method, chunk_rows):
+    query, rows32, embeddings, exact = _near_tie_index(tmp_path)
+    assert exact.max_residual > 0  # float16 cannot hold these rows
+    queries = torch.from_numpy(np.stack([query, 0.5 * query + 0.5 * rows32[7]])).float()
+    expected = _float32_argsort(queries, rows32, 50)
+    float16_only = retrieve_top_k(queries, embeddings, 50, chunk_rows=chunk_rows, method=method).numpy()
+    assert not np.array_equal(float16_only[0], expected[0])  # the float16 scores reorder the near-ties
+    top = retrieve_top_k(queries, embeddings, 50, chunk_rows=chunk_rows, method=method, exact_rows=exact)
+    assert top.dtype == torch.long and top.device.type == "cpu"
+    np.testing.assert_array_equal(top.numpy(), expected)
+
+
+def test_exact_rows_break_exact_ties_by_row_order(tmp_path):
+    from reco.retrieval import ExactRows
+
+    rng = np.random.default_rng(6)
+    rows32 = _unit(rng.standard_normal((500, 16))).astype(np.float32)
+    rows32[100:140] = rows32[3]  # 41 identical rows, several of them at the rank-k boundary
+    queries = torch.from_numpy(np.stack([rows32[3], -rows32[3]])).float()
+    embeddings = _index(tmp_path, rows32)
+    residual = float(np.linalg.norm(rows32 - np.asarray(embeddings, np.float32), axis=1).max()) * 1.01
+    exact = ExactRows(rows32, residual, 1.01)
+    for method in ("fp32", "bf16"):
+        top = retrieve_top_k(queries, embeddings, 20, method=method, exact_rows=exact, chunk_rows=128)
+        np.testing.assert_array_equal(top.numpy(), _float32_argsort(queries, rows32, 20))
+        assert top[0].tolist() == [3] + list(range(100, 119))
+
+
+def test_exact_rows_must_match_the_index():
+    from reco.retrieval import ExactRows
+
+    with pytest.raises(ValueError, match="same rows"):
+        retrieve_top_k(torch.zeros(1, 4), np.zeros((10, 4), np.float16), 1,
+                       exact_rows=ExactRows(np.zeros((9, 4), np.float32), 0.0, 1.0))
+
+
+@pytest.mark.cuda
+def test_cuda_exact_rows_on_near_ties(tmp_path):
+    query, rows32, embeddings, exact = _near_tie_index(tmp_path, n=20000)
+    queries = torch.from_numpy(np.stack([query, -query])).float()
+    top = retrieve_top_k(queries, embeddings, 50, device="cuda", chunk_rows=4096, exact_rows=exact)
+    assert top.device.type == "cpu"
+    np.testing.assert_array_equal(top.numpy(), _float32_argsort(queries, rows32, 50))
