@@ -6,7 +6,8 @@ Every item is a dict
 Images and labels are always paired by file name, never by position in two separately sorted lists
 (SPEC 15.5), and `name` is derived from the files actually loaded.
 
-The concrete readers live in cityscapes.py, coco_stuff.py and kitti_step.py.
+The concrete readers live in cityscapes.py, coco_stuff.py, kitti_step.py and (the eight open-vocabulary
+benchmarks) ovss.py.
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class UnreadableImageError(ValueError):
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         super().__init__(f"cannot read {self.path}: {reason}")
+
+
+class AnnotationMismatchError(ValueError):
+    """A label file does not fit its image or its class list (a broken dataset, not one bad file)."""
 
 
 def require_directory(path: Path, what: str) -> Path:
@@ -108,7 +113,7 @@ class BenchmarkDataset(Dataset):
         image = load_rgb(image_path)
         label = self.load_label(self.label_paths[index])
         if label.shape != (image.height, image.width):
-            raise ValueError(f"label {self.label_paths[index]} is {label.shape[1]}x{label.shape[0]} but "
+            raise AnnotationMismatchError(f"label {self.label_paths[index]} is {label.shape[1]}x{label.shape[0]} but "
                              f"image {image_path} is {image.width}x{image.height}")
         if self.resize:
             image_t, label_t = eval_image_transform(image), eval_label_transform(label)
@@ -162,7 +167,10 @@ def build_benchmark(dataset_name: str, root: str | os.PathLike, split: str) -> B
     from .cityscapes import CityscapesBenchmark
     from .coco_stuff import CocoStuffBenchmark
     from .kitti_step import KittiStepBenchmark
+    from .ovss import OVSS_LAYOUTS, OvssBenchmark
 
+    if dataset_name in OVSS_LAYOUTS:
+        return OvssBenchmark(dataset_name, root, split)
     builders: dict[str, Callable[[str | os.PathLike, str], BenchmarkDataset]] = {
         "cityscapes": CityscapesBenchmark, "coco_stuff": CocoStuffBenchmark, "kitti_step": KittiStepBenchmark}
     if dataset_name not in builders:
