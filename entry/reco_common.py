@@ -16,7 +16,7 @@ from datasets import imagenet
 from networks.clip import DenseCLIP
 from image_index.storage import ensure_index, index_dir, published_pickle_path
 from reco.references import ReferenceCache, compute_reference_embeddings
-from reco.retrieval import retrieve_top_k
+from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
 from utils.config import ConfigError, RecoConfig, require_dir
 from utils.io import torch_save
@@ -172,7 +172,11 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
     index = ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split, expected_dim=queries.shape[1])
     if len(index.filenames) < config.n_imgs:
         raise ConfigError(f"n_imgs: {config.n_imgs} images asked for but the index holds {len(index.filenames)}")
-    top = retrieve_top_k(queries, index.embeddings, config.n_imgs, device=device)
+    exact = None
+    if index.float32_rows is not None:  # a converted pickle whose float32 values float16 cannot hold
+        bounds = index.meta["float32_rows"]
+        exact = ExactRows(index.float32_rows, bounds["max_residual"], bounds["max_norm"])
+    top = retrieve_top_k(queries, index.embeddings, config.n_imgs, device=device, exact_rows=exact)
     logger.info("retrieved %d images for each of %d categories", config.n_imgs, len(names))
     return {
         name: [imagenet.imagenet_path(dir_imagenet, config.imagenet_split, index.filenames[i]) for i in row]

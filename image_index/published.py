@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from image_index.storage import (EMBEDDINGS_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE, fresh_tmp_dir,
-                                 publish, write_json, write_lines)
+from image_index.storage import (EMBEDDINGS_FILE, EMBEDDINGS_FP32_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE,
+                                 fresh_tmp_dir, publish, write_json, write_lines)
 from utils.io import safe_load_pickle
 
 # SPEC 2: the extraction script's default input size per CLIP (recorded in meta.json of converted pickles).
@@ -36,9 +36,13 @@ def convert_published_pickle(pkl_path: str | os.PathLike, out_dir: str | os.Path
     tensor, SPEC 2) into the index layout at `out_dir`, keeping the dict order.
 
     Read through utils.io.safe_load_pickle (no code in the file can run; CUDA storages land on the
-    CPU) with streaming decoders (_PublishedReader): each row is cast to float16 as it is read and
-    spilled to an unnamed temporary file, so peak memory stays near 1.3x the pickle's size (the
-    unpickler's memo keeps the raw bytes until the end). Values are cast as they are (not re-normalised).
+    CPU) with streaming decoders (_PublishedReader): each row is spilled as float32 to an unnamed
+    temporary file as it is read, so peak memory stays near 1.3x the pickle's size (the unpickler's
+    memo keeps the raw bytes until the end). Values are cast as they are (not re-normalised).
+    embeddings.npy holds the float16 rows. If any value is not exactly a float16 number, the float32
+    rows are also kept, in embeddings_fp32.npy, with bounds for exact retrieval (meta "float32_rows":
+    the largest ||e32 - e16||_2 and ||e16||_2 over the rows; reco.retrieval.ExactRows); the original's
+    float16-computed embeddings (SPEC 2) need no such copy.
     Nothing visible is written unless the whole file is read and valid.
     """
     pkl_path, out_dir, logger = Path(pkl_path), Path(out_dir), logger or logging.getLogger("reco")
@@ -46,7 +50,7 @@ def convert_published_pickle(pkl_path: str | os.PathLike, out_dir: str | os.Path
     # Rows spill to an unnamed temporary file beside the pickle: nothing visible is created before the
     # whole file has been read and checked, and the rows never sit in RAM with the unpickler's memo.
     with tempfile.TemporaryFile(dir=pkl_path.parent) as spill:
-        filenames, order, dim = _read_published_pickle(pkl_path, spill)
+        filenames, order, dim, fits_float16 = _read_published_pickle(pkl_path, spill)
         if not filenames or dim == 0:
             raise ValueError(f"{pkl_path}: the published index is empty")
         if expected_dim is not None and dim != expected_dim:
@@ -54,12 +58,18 @@ def convert_published_pickle(pkl_path: str | os.PathLike, out_dir: str | os.Path
                              f"{expected_dim}-dim ones: it was made with another CLIP")
         tmp = fresh_tmp_dir(out_dir)
         try:
-            _write_npy_from_spill(tmp / EMBEDDINGS_FILE, spill, order, len(filenames), dim)
+            float32_rows = _write_npy_from_spill(tmp, spill, order, len(filenames), dim,
+                                                 keep_float32=not fits_float16)
             write_lines(tmp / FILENAMES_FILE, filenames)
-            write_json(tmp / META_FILE, {"clip_arch": clip_arch, "split": split, "dim": dim,
-                                         "count": len(filenames), "image_size": DEFAULT_IMAGE_SIZES.get(clip_arch),
-                                         "n_failed": 0, "dtype": "float16", "format_version": FORMAT_VERSION,
-                                         "source": "published_pickle", "source_file": pkl_path.name})
+            meta = {"clip_arch": clip_arch, "split": split, "dim": dim, "count": len(filenames),
+                    "image_size": DEFAULT_IMAGE_SIZES.get(clip_arch), "n_failed": 0, "dtype": "float16",
+                    "format_version": FORMAT_VERSION, "source": "published_pickle", "source_file": pkl_path.name}
+            if float32_rows is not None:
+                meta["float32_rows"] = float32_rows
+                logger.info("the published embeddings are not all float16 numbers: their float32 values are "
+                            "kept in %s for exact retrieval (largest float16 rounding %.2e)",
+                            EMBEDDINGS_FP32_FILE, float32_rows["max_residual"])
+            write_json(tmp / META_FILE, meta)
             publish(tmp, out_dir, logger)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -82,7 +92,7 @@ _ROW_BLOCK = 65536
 
 
 class _Row:
-    """Stands in the unpickled dict for an embedding already copied into the float16 blocks."""
+    """Stands in the unpickled dict for an embedding already copied into the row blocks."""
 
     __slots__ = ("index",)
 
@@ -118,14 +128,16 @@ def _parse_legacy_storage(data: bytes) -> Optional[np.ndarray]:
 
 
 class _PublishedReader:
-    """Decoders handed to safe_load_pickle: every embedding is cast to float16 into a row block as it is
-    read; full blocks go to `spill` (an unnamed temporary file), so the rows never pile up in RAM."""
+    """Decoders handed to safe_load_pickle: every embedding is cast to float32 into a row block as it is
+    read; full blocks go to `spill` (an unnamed temporary file), so the rows never pile up in RAM.
+    fits_float16 stays True while every value read is exactly a float16 number."""
 
     def __init__(self, spill: Any) -> None:
         self.spill = spill
         self.block: Optional[np.ndarray] = None
         self.count = 0
         self.dim: Optional[int] = None
+        self.fits_float16 = True
 
     def load_storage(self, data: bytes) -> np.ndarray:
         values = _parse_legacy_storage(data)
@@ -151,46 +163,82 @@ class _PublishedReader:
     def append(self, values: np.ndarray) -> _Row:
         if self.dim is None:
             self.dim = len(values)
-            self.block = np.empty((_ROW_BLOCK, self.dim), dtype=np.float16)
+            self.block = np.empty((_ROW_BLOCK, self.dim), dtype=np.float32)
         elif len(values) != self.dim:
             raise ValueError(f"embeddings of different sizes: {self.dim} and {len(values)}")
         self.block[self.count % _ROW_BLOCK] = values
         self.count += 1
         if self.count % _ROW_BLOCK == 0:
-            self.spill.write(memoryview(self.block))
+            self._spill(self.block)
         return _Row(self.count - 1)
+
+    def _spill(self, rows: np.ndarray) -> None:
+        if self.fits_float16:
+            self.fits_float16 = bool(np.array_equal(rows.astype(np.float16).astype(np.float32), rows))
+        self.spill.write(memoryview(rows))
 
     def finish(self) -> None:
         if self.count % _ROW_BLOCK:
-            self.spill.write(memoryview(self.block[: self.count % _ROW_BLOCK]))
+            self._spill(self.block[: self.count % _ROW_BLOCK])
         self.spill.flush()
         self.block = None
 
 
-def _write_npy_from_spill(path: Path, spill: Any, order: Optional[np.ndarray], count: int, dim: int) -> None:
-    """embeddings.npy (count, dim) float16 from the spilled rows, streamed with plain reads and writes
-    (no memory maps, so the copy adds no resident memory); `order` gathers rows when not None."""
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(np.float16).str, "fortran_order": False,
-                                                 "shape": (count, dim)})
-        if order is None:
-            spill.seek(0)
-            buffer = np.empty((_ROW_BLOCK, dim), dtype=np.float16)
+def _write_npy_from_spill(tmp: Path, spill: Any, order: Optional[np.ndarray], count: int, dim: int, *,
+                          keep_float32: bool) -> Optional[dict[str, Any]]:
+    """embeddings.npy (count, dim) float16 (and with keep_float32 embeddings_fp32.npy) in tmp from the
+    spilled float32 rows, streamed with plain reads and writes (no memory maps of the output, so the
+    copy adds no resident memory); `order` gathers rows when not None. Returns the "float32_rows" meta
+    entry with keep_float32, else None."""
+    outputs = [(EMBEDDINGS_FILE, np.float16)] + ([(EMBEDDINGS_FP32_FILE, np.float32)] if keep_float32 else [])
+    files = [open(tmp / name, "wb") for name, _ in outputs]
+    max_residual = max_norm = 0.0
+    try:
+        for f, (_, dtype) in zip(files, outputs):
+            np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                     "shape": (count, dim)})
+        for block in _spilled_blocks(spill, order, count, dim):
+            half = block.astype(np.float16)
+            files[0].write(memoryview(half).cast("B"))
+            if keep_float32:
+                files[1].write(memoryview(block).cast("B"))
+                for s in range(0, len(block), 8192):  # float64 in small pieces: bounds that hold exactly
+                    half64 = half[s: s + 8192].astype(np.float64)
+                    max_norm = max(max_norm, float(np.linalg.norm(half64, axis=1).max()))
+                    max_residual = max(max_residual, float(np.linalg.norm(block[s: s + 8192] - half64, axis=1).max()))
+    finally:
+        for f in files:
+            f.close()
+    if not keep_float32:
+        return None
+    # 1e-9: rounding of the float64 norms, so that both stay upper bounds
+    return {"file": EMBEDDINGS_FP32_FILE, "max_residual": max_residual * (1 + 1e-9),
+            "max_norm": max_norm * (1 + 1e-9)}
+
+
+def _spilled_blocks(spill: Any, order: Optional[np.ndarray], count: int, dim: int):
+    """The spilled float32 rows in index order, in blocks of _ROW_BLOCK rows (one reused buffer)."""
+    if order is None:
+        spill.seek(0)
+        buffer = np.empty((_ROW_BLOCK, dim), dtype=np.float32)
+        for start in range(0, count, _ROW_BLOCK):
+            block = buffer[: min(_ROW_BLOCK, count - start)]
+            view = memoryview(block).cast("B")
+            if spill.readinto(view) != len(view):
+                raise RuntimeError("the temporary copy of the published rows is truncated")
+            yield block
+    else:
+        rows = np.memmap(spill, dtype=np.float32, mode="r", shape=(int(order.max()) + 1, dim))
+        try:
             for start in range(0, count, _ROW_BLOCK):
-                view = memoryview(buffer[: min(_ROW_BLOCK, count - start)]).cast("B")
-                if spill.readinto(view) != len(view):
-                    raise RuntimeError("the temporary copy of the published rows is truncated")
-                f.write(view)
-        else:
-            rows = np.memmap(spill, dtype=np.float16, mode="r", shape=(int(order.max()) + 1, dim))
-            for start in range(0, count, _ROW_BLOCK):
-                f.write(memoryview(np.ascontiguousarray(rows[order[start: start + _ROW_BLOCK]])).cast("B"))
+                yield np.ascontiguousarray(rows[order[start: start + _ROW_BLOCK]])
+        finally:
             del rows
 
 
-def _read_published_pickle(path: Path, spill: Any) -> tuple[list[str], Optional[np.ndarray], int]:
-    """Basenames in dict order, the spill-file row of each (None when in order) and the dimension; the
-    float16 rows are in `spill`."""
+def _read_published_pickle(path: Path, spill: Any) -> tuple[list[str], Optional[np.ndarray], int, bool]:
+    """Basenames in dict order, the spill-file row of each (None when in order), the dimension and whether
+    every value is a float16 number; the float32 rows are in `spill`."""
     reader = _PublishedReader(spill)
     obj = safe_load_pickle(path, overrides={("torch.storage", "_load_from_bytes"): reader.load_storage,
                                             ("torch._utils", "_rebuild_tensor"): reader.rebuild_tensor,
@@ -210,4 +258,4 @@ def _read_published_pickle(path: Path, spill: Any) -> tuple[list[str], Optional[
         filenames.append(key)
     reader.finish()
     in_order = reader.count == len(order) and np.array_equal(order, np.arange(len(order)))
-    return filenames, None if in_order else order, reader.dim or 0
+    return filenames, None if in_order else order, reader.dim or 0, reader.fits_float16

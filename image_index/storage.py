@@ -4,6 +4,8 @@
                                       /filenames.txt    N image basenames, same order (sorted path order)
                                       /meta.json        clip_arch, split, dim, count, image_size, ...
                                       /failed_images.txt  images that could not be read (build only)
+                                      /embeddings_fp32.npy  float32 (N, D), only for a converted pickle whose
+                                                        values float16 cannot hold (exact retrieval)
 
 The directory is published by one rename of a complete temporary directory (fresh_tmp_dir, publish),
 so it exists complete or not at all. Its two writers live beside this module: image_index.build
@@ -27,6 +29,7 @@ import numpy as np
 
 EMBEDDINGS_FILE, FILENAMES_FILE, META_FILE, FAILED_FILE = "embeddings.npy", "filenames.txt", "meta.json", \
     "failed_images.txt"
+EMBEDDINGS_FP32_FILE = "embeddings_fp32.npy"
 FORMAT_VERSION = 1
 REBUILD_HINT = "python main_reco.py --config CFG --stage index"
 
@@ -51,12 +54,18 @@ def published_pickle_path(dir_imagenet: str | os.PathLike, clip_arch: str, split
 
 @dataclass
 class ImageNetIndex:
-    """embeddings (N, D) float16 read-only memmap; filenames N basenames; meta from meta.json."""
+    """embeddings (N, D) float16 read-only memmap; filenames N basenames; meta from meta.json.
+
+    float32_rows: (N, D) float32 read-only memmap of the values the float16 rows were rounded from
+    (a converted published pickle, when float16 cannot hold them), else None. Its bounds are in
+    meta["float32_rows"] (max_residual >= max ||e32 - e16||_2, max_norm >= max ||e16||_2).
+    """
 
     embeddings: np.ndarray
     filenames: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
     directory: Optional[Path] = None
+    float32_rows: Optional[np.ndarray] = None
 
     @property
     def dim(self) -> int:
@@ -93,7 +102,27 @@ def load_index(directory: str | os.PathLike, expected_dim: Optional[int] = None,
     if expected_arch is not None and meta.get("clip_arch", expected_arch) != expected_arch:
         raise ValueError(f"the ImageNet index at {directory} was built with another CLIP: {built_with}, but the "
                          f"config uses clip_arch={expected_arch!r}. {how}")
-    return ImageNetIndex(embeddings, filenames, meta, directory)
+    return ImageNetIndex(embeddings, filenames, meta, directory, _load_float32_rows(directory, meta, embeddings))
+
+
+def _load_float32_rows(directory: Path, meta: dict[str, Any], embeddings: np.ndarray) -> Optional[np.ndarray]:
+    """The float32 originals named in meta["float32_rows"] (memmap), checked against the float16 rows."""
+    entry = meta.get("float32_rows")
+    if entry is None:
+        return None
+    path = directory / EMBEDDINGS_FP32_FILE
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(key), (int, float))
+                                              for key in ("max_residual", "max_norm")):
+        raise ValueError(f"corrupt ImageNet index at {directory}: meta.json float32_rows must hold max_residual "
+                         f"and max_norm; move it away and convert the published pickle again")
+    if not path.is_file():
+        raise ValueError(f"incomplete ImageNet index at {directory}: missing {EMBEDDINGS_FP32_FILE}; move it away "
+                         f"and convert the published pickle again")
+    rows = np.load(path, mmap_mode="r")
+    if rows.dtype != np.float32 or rows.shape != embeddings.shape:
+        raise ValueError(f"{path}: expected a float32 {embeddings.shape} array like {EMBEDDINGS_FILE}, got "
+                         f"{rows.dtype} {rows.shape}; move the index away and convert the published pickle again")
+    return rows
 
 
 def ensure_index(dir_imagenet: str | os.PathLike, clip_arch: str, split: str, expected_dim: Optional[int] = None,
