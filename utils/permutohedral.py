@@ -7,7 +7,8 @@ lattice direction j with weights [1/2, 1, 1/2] (a missing neighbour counts as ze
 share one lattice by putting the image index into the most significant digit of the vertex key, so
 images never touch each other. ``S``, ``B_j`` and the slice ``S^T`` are CSR sparse matrices: on
 CPU (2 cores, 320x320, 27 labels) a CSR blur took 4-5 ms against 6-8 ms for gather + add, and a
-CSR splat ~10 ms against ~90 ms for index_add_.
+CSR splat ~10 ms against ~90 ms for index_add_. Their products are in utils/sparse_ops.py, which falls
+back to plain tensor operations where a sparse operator is missing.
 
 Details reproduced in behaviour from pydensecrf's x86 build, which takes its SSE path: float32
 elevation in the same operation order, round-half-even of ``elevated * float32(1/(d+1))``
@@ -17,12 +18,13 @@ the feature origin exist as blur carriers (they receive no splat and are never s
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from .sparse_ops import csr as _csr, csr_product as _product, spmm
 
 _BLOCK = 4  # pixels per SSE block in pydensecrf's lattice construction
 
@@ -163,38 +165,12 @@ def build_lattice(features: Tensor, image_index: Tensor | None = None, pad_block
     return Lattice(vertex=vertex, weight=bary, neighbours=neighbours, alpha=1.0 / (1.0 + 2.0 ** (-d)))
 
 
-def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    # int32 indices when they fit: MKL (CPU) takes int32, so int64 would be converted on every product.
-    if max(size[0], size[1], col.numel()) < 2**31 - 1:
-        crow, col = crow.to(torch.int32), col.to(torch.int32)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": nothing to act on
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
-
-
-def _product(matrices: list[Tensor]) -> Tensor | None:
-    """CSR product matrices[-1] @ ... @ matrices[0], or None where sparse @ sparse is unsupported
-    (multiplying out is only an optimisation)."""
-    def wide(m: Tensor) -> Tensor:  # sparse @ sparse wants int64 indices on CPU
-        return torch.sparse_csr_tensor(m.crow_indices().long(), m.col_indices().long(), m.values(), size=m.shape)
-
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
-            product = wide(matrices[0])
-            for m in matrices[1:]:
-                product = torch.sparse.mm(wide(m), product)
-    except (RuntimeError, NotImplementedError):
-        return None
-    return _csr(product.crow_indices(), product.col_indices(), product.values(), tuple(product.shape))
-
-
 class LatticeOperator:
     """``K x = row_scale * alpha * S^T B_d..B_0 S (col_scale * x)`` as CSR sparse matrices.
 
-    splat (M, P), blurs d+1 x (M, M), slice (P, M). Products go through ``addmm(..., out=)`` into
-    buffers kept between calls: on CPU a fresh large tensor per product costs more (page faults
-    while zero-filling) than the sparse product itself.
+    splat (M, P), blurs d+1 x (M, M), slice (P, M). Products go into buffers kept between calls
+    (sparse_ops.spmm: ``addmm(..., out=)`` where available): on CPU a fresh large tensor per product
+    costs more (page faults while zero-filling) than the sparse product itself.
     """
 
     def __init__(self, splat: Tensor, blurs: list[Tensor], slice_: Tensor, alpha: float,
@@ -220,14 +196,14 @@ class LatticeOperator:
             m = self.splat.shape[0]
             self._buffers[c] = (x.new_empty(m, c), x.new_empty(m, c))
         v, w = self._buffers[c]
-        torch.addmm(v, self.splat, x, beta=0, out=v)
+        spmm(self.splat, x, out=v)
         for blur in self.blurs:
-            torch.addmm(w, blur, v, beta=0, out=w)
+            spmm(blur, v, out=w)
             v, w = w, v
         if out is None:
             out = x.new_empty(self.slice.shape[0], c)
             accumulate = False
-        return torch.addmm(out, self.slice, v, beta=1 if accumulate else 0, out=out)
+        return spmm(self.slice, v, out=out, accumulate=accumulate)
 
     def release(self) -> None:
         """Free the work buffers."""
@@ -269,7 +245,7 @@ class MatrixOperator:
         if out is None:
             out = x.new_empty(self.matrix.shape[0], x.shape[1])
             accumulate = False
-        return torch.addmm(out, self.matrix, x, beta=1 if accumulate else 0, out=out)
+        return spmm(self.matrix, x, out=out, accumulate=accumulate)
 
     def release(self) -> None:
         pass

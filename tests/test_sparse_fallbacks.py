@@ -1,0 +1,99 @@
+"""The fallbacks of utils/sparse_ops.py (for devices without sparse addmm(out=) or sparse @ sparse) give
+the same CRF as the fast path, forced on the CPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from utils import crf, sparse_ops
+from utils.crf import dense_crf_batch
+
+skdata = pytest.importorskip("skimage.data")
+sktransform = pytest.importorskip("skimage.transform")
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Force a fallback, with the cached Gaussian kernels rebuilt under it (and again afterwards)."""
+    monkeypatch.setattr(sparse_ops, "_working", {})
+
+    def force(mode):
+        sparse_ops.set_forced_fallback(mode)
+        crf._gaussian_operator.cache_clear()
+
+    yield force
+    force(None)
+
+
+def _inputs(size=(40, 56), n_classes=7):
+    photos = [sktransform.resize(getattr(skdata, name)(), size, anti_aliasing=True, preserve_range=True)
+              for name in ("astronaut", "coffee")]
+    images = np.stack(photos).round().astype(np.uint8)
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(2, n_classes, 5, 7, generator=g)
+    logits = torch.log_softmax(4 * torch.nn.functional.interpolate(coarse, size=size, mode="bilinear"), dim=1)
+    return images, logits
+
+
+@pytest.mark.parametrize("mode", ["matmul", "gather"])
+def test_forced_fallback_gives_the_same_crf(forced, mode):
+    images, logits = _inputs()
+    forced(None)
+    fast = dense_crf_batch(images, logits, backend="torch", chunk_size=2)
+    forced(mode)
+    calls = []
+    original = sparse_ops._gather_spmm
+    sparse_ops._gather_spmm = lambda m, x: calls.append(1) or original(m, x)
+    try:
+        slow = dense_crf_batch(images, logits, backend="torch", chunk_size=2)
+    finally:
+        sparse_ops._gather_spmm = original
+    assert bool(calls) == (mode == "gather")
+    torch.testing.assert_close(slow, fast, rtol=0, atol=1e-5)
+    assert (slow.argmax(1) == fast.argmax(1)).float().mean() > 0.999
+
+
+def test_no_sparse_product_when_forced(forced):
+    eye = sparse_ops.csr(torch.arange(4), torch.arange(3), torch.ones(3), (3, 3))
+    assert sparse_ops.csr_product([eye, eye]) is not None
+    forced("gather")
+    assert sparse_ops.csr_product([eye, eye]) is None
+
+
+def test_missing_addmm_out_falls_back_and_is_remembered(forced, monkeypatch):
+    """A device whose sparse addmm(out=) raises takes the next path, warns once and sticks to it."""
+    real_addmm = torch.addmm
+
+    def addmm(*args, **kwargs):
+        if args[1].layout == torch.sparse_csr:
+            raise NotImplementedError("addmm_out_sparse_csr not implemented for this device")
+        return real_addmm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addmm", addmm)
+    matrix = sparse_ops.csr(torch.tensor([0, 2, 3]), torch.tensor([0, 2, 1]), torch.tensor([1.0, 2.0, 3.0]), (2, 3))
+    x = torch.arange(6, dtype=torch.float32).view(3, 2)
+    out = torch.ones(2, 2)
+    with pytest.warns(UserWarning, match="addmm_out is unavailable on cpu"):
+        sparse_ops.spmm(matrix, x, out, accumulate=True)
+    expected = torch.ones(2, 2) + matrix.to_dense() @ x
+    torch.testing.assert_close(out, expected)
+    assert sparse_ops._working["cpu"] == "matmul"
+    torch.testing.assert_close(sparse_ops.spmm(matrix, x, torch.empty(2, 2)), matrix.to_dense() @ x)
+    torch.testing.assert_close(sparse_ops._gather_spmm(matrix, x), matrix.to_dense() @ x)
+
+
+def test_unknown_forced_mode_is_refused():
+    with pytest.raises(ValueError, match="fallback"):
+        sparse_ops.set_forced_fallback("dense")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", [None, "matmul", "gather"])
+def test_cuda_crf_equals_cpu_with_each_sparse_path(forced, mode):
+    images, logits = _inputs()
+    cpu = dense_crf_batch(images, logits, backend="torch", chunk_size=2)
+    forced(mode)
+    cuda = dense_crf_batch(torch.from_numpy(images).cuda(), logits.cuda(), backend="torch", chunk_size=2)
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-5)

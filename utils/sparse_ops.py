@@ -1,0 +1,107 @@
+"""Sparse CSR products of the permutohedral CRF (utils/permutohedral.py), with fallbacks for devices or
+builds that lack an operator.
+
+spmm(matrix, x, out, accumulate): out (+)= matrix @ x, matrix CSR (M, N), x dense (N, C). Tried in order:
+  "addmm_out": torch.addmm(..., out=out): no allocation (MKL on CPU, cuSPARSE on CUDA);
+  "matmul":    matrix @ x into a fresh tensor, then copied or added into out;
+  "gather":    each nonzero's row of x gathered, scaled and scatter-added with index_add_ (plain tensor
+               operations that every device has), in column blocks that bound the temporary.
+The first that works on a device type is remembered for it. csr_product(): sparse @ sparse, or None
+where that is unsupported (callers then keep the factors).
+
+RECO_SPARSE_FALLBACK=matmul or =gather in the environment (or set_forced_fallback) forces that path and
+turns csr_product off, so the fallbacks can be checked on any machine.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+MODES = ("addmm_out", "matmul", "gather")
+_GATHER_ELEMENTS = 1 << 25  # gathered values per column block of the "gather" path (128 MB of float32)
+_working: dict[str, str] = {}  # device type -> first mode that worked there
+_forced: Optional[str] = os.environ.get("RECO_SPARSE_FALLBACK") or None
+
+
+def set_forced_fallback(mode: Optional[str]) -> None:
+    """Force "matmul" or "gather" for every spmm (and no csr_product); None restores the automatic choice."""
+    global _forced
+    if mode is not None and mode not in MODES[1:]:
+        raise ValueError(f"forced sparse fallback must be one of {MODES[1:]} or None, got {mode!r}")
+    _forced = mode
+
+
+def forced_fallback() -> Optional[str]:
+    if _forced is not None and _forced not in MODES[1:]:
+        raise ValueError(f"RECO_SPARSE_FALLBACK must be one of {MODES[1:]}, got {_forced!r}")
+    return _forced
+
+
+def csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A CSR tensor, with int32 indices when they fit: MKL (CPU) takes int32, so int64 would be
+    converted on every product."""
+    if max(size[0], size[1], col.numel()) < 2**31 - 1:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": nothing to act on
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def csr_product(matrices: list[Tensor]) -> Optional[Tensor]:
+    """CSR product matrices[-1] @ ... @ matrices[0], or None where sparse @ sparse is unsupported or a
+    fallback is forced (multiplying out is only an optimisation)."""
+    if forced_fallback() is not None:
+        return None
+
+    def wide(m: Tensor) -> Tensor:  # sparse @ sparse wants int64 indices on CPU
+        return torch.sparse_csr_tensor(m.crow_indices().long(), m.col_indices().long(), m.values(), size=m.shape)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+            product = wide(matrices[0])
+            for m in matrices[1:]:
+                product = torch.sparse.mm(wide(m), product)
+    except (RuntimeError, NotImplementedError):
+        return None
+    return csr(product.crow_indices(), product.col_indices(), product.values(), tuple(product.shape))
+
+
+def spmm(matrix: Tensor, x: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
+    """out = matrix @ x, or out += matrix @ x when accumulate; matrix CSR (M, N), x (N, C), out (M, C)."""
+    mode = forced_fallback() or _working.get(x.device.type, MODES[0])
+    for candidate in MODES[MODES.index(mode):]:
+        try:
+            if candidate == "addmm_out":
+                return torch.addmm(out, matrix, x, beta=1 if accumulate else 0, out=out)
+            product = matrix @ x if candidate == "matmul" else _gather_spmm(matrix, x)
+        except (RuntimeError, NotImplementedError) as error:
+            if candidate == MODES[-1]:
+                raise
+            if forced_fallback() is None and _working.get(x.device.type) != MODES[MODES.index(candidate) + 1]:
+                warnings.warn(f"sparse {candidate} is unavailable on {x.device.type} ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); using a slower fallback")
+            _working[x.device.type] = MODES[MODES.index(candidate) + 1]
+            continue
+        if forced_fallback() is None:
+            _working[x.device.type] = candidate
+        return out.add_(product) if accumulate else out.copy_(product)
+    raise AssertionError("unreachable")
+
+
+def _gather_spmm(matrix: Tensor, x: Tensor) -> Tensor:
+    """matrix @ x with dense ops only: (M, C) = sum over nonzeros of value * x[col] into row."""
+    crow, col, values = matrix.crow_indices().long(), matrix.col_indices().long(), matrix.values()
+    n_rows = matrix.shape[0]
+    rows = torch.repeat_interleave(torch.arange(n_rows, device=x.device), crow[1:] - crow[:-1])
+    out = x.new_zeros(n_rows, x.shape[1])
+    width = max(1, _GATHER_ELEMENTS // max(col.numel(), 1))
+    for start in range(0, x.shape[1], width):
+        block = x[:, start: start + width]
+        out[:, start: start + width] = torch.zeros(n_rows, block.shape[1], dtype=x.dtype, device=x.device) \
+            .index_add_(0, rows, block[col] * values[:, None])
+    return out
