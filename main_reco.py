@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from entry.validation import check_reco_names  # noqa: E402
 from utils.config import ConfigError, load_reco_config  # noqa: E402
 from utils.device import seed_everything, setup_logging  # noqa: E402
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
+        check_reco_names(config)
         seed_everything(config.seed)
         if args.stage == "index":
             from entry.reco_index import run_index_stage

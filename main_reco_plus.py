@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from datasets.pseudo_masks import PseudoMaskError  # noqa: E402
 from entry.reco_plus import evaluate_weights, train_run  # noqa: E402
+from entry.validation import check_reco_plus_names  # noqa: E402
 from utils.config import ConfigError, load_reco_plus_config  # noqa: E402
 from utils.device import setup_logging  # noqa: E402
 from utils.distributed import cleanup  # noqa: E402
@@ -39,7 +40,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        config = load_reco_plus_config(args.config, {"device": args.device})
+        config = check_reco_plus_names(load_reco_plus_config(args.config, {"device": args.device}))
         if args.weights is not None:
             evaluate_weights(config, args.weights)
         else:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .metadata import DATASET_NAMES
+from .registry import get_benchmark
 from .transforms import EVAL_SIZE, eval_image_transform, eval_label_transform, full_resolution_image_transform
 
 
@@ -161,24 +161,15 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_benchmark(dataset_name: str, root: str | os.PathLike, split: str) -> BenchmarkDataset:
-    """The benchmark reader of SPEC 10: split "val" (evaluation) or "train" (pseudo-mask generation:
-    cityscapes train, coco_stuff COCO-Stuff-10k train at f"{root}10k", kitti_step train)."""
-    # Imported here: the readers import this module for the base class.
-    from .cityscapes import CityscapesBenchmark
-    from .coco_stuff import CocoStuffBenchmark
-    from .kitti_step import KittiStepBenchmark
-    from .ovss import OVSS_LAYOUTS, OvssBenchmark
-
-    if dataset_name in OVSS_LAYOUTS:
-        return OvssBenchmark(dataset_name, root, split)
-    builders: dict[str, Callable[[str | os.PathLike, str], BenchmarkDataset]] = {
-        "cityscapes": CityscapesBenchmark, "coco_stuff": CocoStuffBenchmark, "kitti_step": KittiStepBenchmark}
-    if dataset_name not in builders:
-        raise ValueError(f"unknown dataset_name {dataset_name!r}; known: {', '.join(DATASET_NAMES)}")
-    return builders[dataset_name](root, split)
+    """The benchmark reader of SPEC 10, as registered in `datasets.registry`: split "val" (evaluation)
+    or "train" (pseudo-mask generation: cityscapes train, coco_stuff COCO-Stuff-10k train at
+    f"{root}10k", kitti_step train). An unknown name or split is a ValueError listing the known ones."""
+    return get_benchmark(dataset_name).build(root, split)
 
 
-def check_split(dataset_name: str, split: str, known: Iterable[str]) -> None:
-    known = tuple(known)
-    if split not in known:
-        raise ValueError(f"{dataset_name}: unknown split {split!r}; known: {', '.join(known)}")
+def check_split(dataset_name: str, split: str, known: Optional[Sequence[str]] = None) -> None:
+    """ValueError unless `split` is in `known`, by default the splits the registry declares for
+    `dataset_name` (readers call this, so building a reader directly is checked as well)."""
+    splits = tuple(get_benchmark(dataset_name).splits if known is None else known)
+    if split not in splits:
+        raise ValueError(f"{dataset_name}: unknown split {split!r}; known: {', '.join(splits)}")

@@ -50,7 +50,7 @@ class CityscapesBenchmark(BenchmarkDataset):
     resize = True
 
     def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
-        check_split(self.dataset_name, split, ("train", "val"))
+        check_split(self.dataset_name, split)
         images, labels = list_cityscapes(root, split)
         super().__init__(root, split, images, labels, [p.name for p in labels])
 

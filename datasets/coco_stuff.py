@@ -93,7 +93,7 @@ class CocoStuffBenchmark(BenchmarkDataset):
     resize = True
 
     def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
-        check_split(self.dataset_name, split, ("train", "val"))
+        check_split(self.dataset_name, split)
         self.is_10k = split == "train"
         if self.is_10k:
             images, labels = self._list_10k(root)

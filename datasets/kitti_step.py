@@ -60,7 +60,7 @@ class KittiStepBenchmark(BenchmarkDataset):
     resize = False
 
     def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
-        check_split(self.dataset_name, split, ("train", "val"))
+        check_split(self.dataset_name, split)
         images, labels = list_kitti_step(root, split)
         names = [f"{p.parent.name}/{p.name}" for p in labels]
         super().__init__(root, split, images, labels, names)

@@ -1,5 +1,6 @@
 """Class lists, palettes and label mappings of the benchmarks (SPEC 9.3, 10, 14.1).
 
+Which file (or loader) holds what for each benchmark is declared by its spec in `datasets.registry`.
 The JSON files live in `datasets/metadata/` beside this module (copied from the specification's data
 folder; the project never reads ../shared at run time). Every function returns a fresh copy, so callers
 may modify what they get without corrupting the cache.
@@ -10,31 +11,17 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from .registry import BENCHMARKS, BenchmarkSpec, get_benchmark
+
 METADATA_DIR = Path(__file__).resolve().parent / "metadata"
 
-# The open-vocabulary benchmarks (datasets/ovss.py): with background first, then without.
-OVSS_DATASET_NAMES: tuple[str, ...] = (
-    "voc21", "context60", "coco_object", "voc20", "context59", "coco_stuff171", "cityscapes19", "ade20k150")
-# The benchmarks ReCo evaluates on (config key `dataset_name`).
-DATASET_NAMES: tuple[str, ...] = ("cityscapes", "coco_stuff", "kitti_step") + OVSS_DATASET_NAMES
+# The open-vocabulary benchmarks (datasets/ovss.py), as registered: with background first, then without.
+OVSS_DATASET_NAMES: tuple[str, ...] = tuple(name for name, spec in BENCHMARKS.items() if spec.protocol == "ovss")
 
-# Per benchmark: the file with the prediction categories, and the one with the palette.
-_CATEGORY_FILES = {
-    "cityscapes": "cityscapes_categories.json",
-    "coco_stuff": "coco_stuff_fine_categories_171.json",
-    "kitti_step": "kitti_step_categories.json",
-}
-_PALETTE_FILES = {
-    "cityscapes": "cityscapes_palette.json",
-    "coco_stuff": "coco_stuff_palette_512.json",
-    "kitti_step": "kitti_step_palette.json",
-}
-N_COCO_STUFF_FINE = 171
-N_COCO_STUFF_COARSE = 27
 N_COCO_STUFF_LABEL_IDS = 182  # 0-based ids in the COCO-Stuff PNG labels (11 of them unused)
 
 
@@ -47,9 +34,13 @@ def _load(filename: str) -> Any:
         return json.load(f)
 
 
+def _value(source: Union[str, Callable[[], Any]]) -> Any:
+    """A spec's metadata: a JSON file name in METADATA_DIR (cached) or a zero-argument loader."""
+    return _load(source) if isinstance(source, str) else source()
+
+
 def _check_name(dataset_name: str) -> str:
-    if dataset_name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset_name {dataset_name!r}; known: {', '.join(DATASET_NAMES)}")
+    get_benchmark(dataset_name)  # ValueError listing the known names
     return dataset_name
 
 
@@ -58,19 +49,16 @@ def categories(dataset_name: str) -> list[str]:
 
     Open-vocabulary benchmarks: every query name of every class, each once, in class order.
     """
-    if _check_name(dataset_name) in OVSS_DATASET_NAMES:
-        return list(dict.fromkeys(q for c in ovss_classes(dataset_name) for q in c.queries))
-    return list(_load(_CATEGORY_FILES[dataset_name]))
+    return [str(name) for name in _value(get_benchmark(dataset_name).categories)]
 
 
 def eval_categories(dataset_name: str) -> list[str]:
     """Names of the scored classes: coco_stuff the 27 coarse classes, otherwise `categories`;
     open-vocabulary benchmarks: the dataset's class names in label order."""
-    if _check_name(dataset_name) == "coco_stuff":
-        return list(_load("coco_stuff_coarse_categories_27.json"))
-    if dataset_name in OVSS_DATASET_NAMES:
-        return [c.name for c in ovss_classes(dataset_name)]
-    return categories(dataset_name)
+    spec = get_benchmark(dataset_name)
+    if spec.eval_categories is None:
+        return categories(dataset_name)
+    return [str(name) for name in _value(spec.eval_categories)]
 
 
 def n_eval_classes(dataset_name: str) -> int:
@@ -84,23 +72,23 @@ def palette(dataset_name: str) -> np.ndarray:
     coco_stuff: the first 27 entries of the 512-entry PASCAL VOC colormap (index = coarse label),
     which equals `utils.palette.voc_colormap(27)`; the open-vocabulary benchmarks use that colormap too.
     """
-    if _check_name(dataset_name) in OVSS_DATASET_NAMES:
-        from utils.palette import voc_colormap
-
-        return voc_colormap(n_eval_classes(dataset_name))
-    colours = np.asarray(_load(_PALETTE_FILES[_check_name(dataset_name)]), dtype=np.uint8)
-    return colours[: n_eval_classes(dataset_name)].copy()
+    colours = np.asarray(_value(get_benchmark(dataset_name).palette), dtype=np.uint8)
+    n = n_eval_classes(dataset_name)
+    if colours.ndim != 2 or colours.shape[1] != 3 or len(colours) < n:
+        raise ValueError(f"{dataset_name}: palette of shape {colours.shape} has no RGB colour for each of {n} classes")
+    return colours[:n].copy()
 
 
 def prediction_to_eval(dataset_name: str) -> Optional[np.ndarray]:
     """LUT mapping prediction indices to scored classes: coco_stuff int64 (171,) fine -> coarse, else None.
 
-    Apply as `lut[prediction]` to both the plain and the CRF argmax maps (SPEC 9.3).
+    Apply as `lut[prediction]` to both the plain and the CRF argmax maps (SPEC 9.3). The open-vocabulary
+    benchmarks have none: their queries are mapped to classes by score (reco/ovss.py).
     """
-    if _check_name(dataset_name) != "coco_stuff":
-        return None  # open-vocabulary benchmarks map queries to classes by score (reco/ovss.py)
-    table = _load("coco_stuff_fine_171_to_coarse_27.json")
-    return _dense_lut(table, N_COCO_STUFF_FINE, "coco_stuff_fine_171_to_coarse_27.json")
+    spec = get_benchmark(dataset_name)
+    if spec.prediction_to_eval is None:
+        return None
+    return _prediction_lut(spec)
 
 
 def coco_stuff_label_id_to_coarse() -> np.ndarray:
@@ -125,7 +113,20 @@ def context_categories() -> list[str]:
 
 def categories_reusing_context_features(dataset_name: str) -> dict[str, str]:
     """Benchmark category -> context category whose reference feature it reuses (SPEC 7.4, 15.9)."""
-    return dict(_load("benchmark_categories_reusing_context_features.json")[_check_name(dataset_name)])
+    return dict(_load("benchmark_categories_reusing_context_features.json").get(_check_name(dataset_name), {}))
+
+
+def _prediction_lut(spec: BenchmarkSpec) -> np.ndarray:
+    """The spec's prediction -> scored-class LUT, int64 (n_categories,), checked against both class lists."""
+    n_predicted, n_scored = len(categories(spec.name)), n_eval_classes(spec.name)
+    source = spec.prediction_to_eval
+    if isinstance(source, str):
+        lut = _dense_lut(_load(source), n_predicted, source)
+    else:
+        lut = np.asarray(source(), dtype=np.int64)
+    if lut.shape != (n_predicted,) or lut.min() < 0 or lut.max() >= n_scored:
+        raise ValueError(f"{spec.name}: prediction_to_eval must map {n_predicted} categories to 0..{n_scored - 1}")
+    return lut.copy()
 
 
 def _dense_lut(table: dict[str, int], n: int, filename: str) -> np.ndarray:
@@ -144,6 +145,16 @@ class OvssClass:
 
     name: str
     queries: tuple[str, ...]
+
+
+def ovss_query_names(dataset_name: str) -> list[str]:
+    """Every query name of every class of an open-vocabulary benchmark, each once, in class order."""
+    return list(dict.fromkeys(q for c in ovss_classes(dataset_name) for q in c.queries))
+
+
+def ovss_class_names(dataset_name: str) -> list[str]:
+    """The class names of an open-vocabulary benchmark in label order."""
+    return [c.name for c in ovss_classes(dataset_name)]
 
 
 def ovss_metadata_path(dataset_name: str) -> Path:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from datasets import metadata
 from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
+from datasets.registry import benchmark_names
 from entry.reco_common import build_dense_clip, build_encoder, compute_references
 from reco.inference import predict
 from reco.references import stack_references
@@ -39,7 +40,7 @@ def reference_pickle_path(config: RecoConfig) -> Path:
 
 def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
     if config.dataset_name is None:
-        raise ConfigError("dataset_name: not set (cityscapes, coco_stuff or kitti_step)")
+        raise ConfigError(f"dataset_name: not set (known: {', '.join(benchmark_names())})")
     require_dir(config, "dir_dataset")
     device = resolve_device(config.device)
     run_dir = run_dir_of(config, split)

@@ -37,7 +37,7 @@ class RecoConfig:
     dir_dataset: Optional[str] = None
     dir_imagenet: Optional[str] = None
     imagenet_split: Literal["train", "val"] = "train"
-    dataset_name: Optional[Literal["cityscapes", "coco_stuff", "kitti_step"]] = None
+    dataset_name: Optional[str] = None  # a name in datasets.registry (checked by entry.validation)
     clip_arch: str = "ViT-L/14@336px"
     dense_clip_arch: str = "RN50x16"
     dense_clip_inference: bool = True
@@ -92,7 +92,7 @@ class RecoPlusConfig:
     # --- keys of the original ReCo+ YAML files
     dir_ckpt: str
     dir_dataset: str
-    dataset_name: Literal["cityscapes", "coco_stuff", "kitti_step"]
+    dataset_name: str                   # a name in datasets.registry (checked by entry.validation)
     dir_pseudo_masks: Optional[str] = None
     batch_size: int = 8
     iter_val: int = 1000

@@ -1,0 +1,183 @@
+"""The benchmark registry: one `BenchmarkSpec` per `dataset_name`, so adding a benchmark is one entry.
+
+A spec says where the reader is and where the class lists, palette and prediction -> scored-class
+mapping come from; `datasets.metadata` and `datasets.benchmarks.build_benchmark` read only this table.
+Readers and metadata are referenced lazily ("module:attribute" strings and JSON file names), because
+the reader modules import `datasets.benchmarks`, which must not import them back at import time.
+
+To add a benchmark: write its reader (a `BenchmarkDataset` subclass taking `(root, split)`), put its
+class list and palette into `datasets/metadata/`, and add one `BenchmarkSpec(...)` to `_SPECS` below
+(or call `register_benchmark(spec)` from a test or plugin).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+
+import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: the base class module imports this one
+    from .benchmarks import BenchmarkDataset
+
+# A reader is a callable (root, split) -> BenchmarkDataset, or "module:attribute" naming one.
+Reader = Union[str, Callable[[Union[str, os.PathLike], str], "BenchmarkDataset"]]
+# Metadata is a JSON file name in datasets/metadata/, or a zero-argument loader returning the value.
+Names = Union[str, Callable[[], Sequence[str]]]
+Colours = Union[str, Callable[[], np.ndarray]]
+Lut = Union[str, Callable[[], np.ndarray]]
+PROTOCOLS = ("reco", "ovss")
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Everything the pipeline needs to know about one benchmark.
+
+    name: the config's `dataset_name` (also a run-directory component).
+    reader: builds the dataset of one split; it owns the file layout and the evaluation geometry
+        (its class attribute `resize`: 320x320 shorter-side resize + centre crop, or full resolution).
+    categories: prediction category names in index order (what ReCo retrieves references for).
+    palette: RGB colours, at least one per scored class (extra rows are cut off).
+    eval_categories: names of the scored classes; None: the prediction categories are scored.
+    prediction_to_eval: int LUT (n_categories,) prediction index -> scored class; None: identity.
+        A JSON file holds a mapping {"0": scored id, ...} with every prediction index as a key.
+    splits: the splits the reader accepts ("val" is evaluated; "train" gives pseudo-masks for ReCo+).
+    protocol: "reco": ReCo's evaluation (one reference per category, scored through prediction_to_eval);
+        "ovss": the open-vocabulary protocol (datasets/ovss.py, reco/ovss.py: a class scores the max
+        over its query names, background by threshold or synonyms, sliding windows).
+    description: one line for listings (README, error messages).
+    """
+
+    name: str
+    reader: Reader
+    categories: Names
+    palette: Colours
+    eval_categories: Optional[Names] = None
+    prediction_to_eval: Optional[Lut] = None
+    splits: tuple[str, ...] = ("train", "val")
+    protocol: str = "reco"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"BenchmarkSpec.name must be a non-empty string, got {self.name!r}")
+        if not self.splits:
+            raise ValueError(f"benchmark {self.name!r}: no splits declared")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"benchmark {self.name!r}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+
+    def build(self, root: Union[str, os.PathLike], split: str) -> "BenchmarkDataset":
+        """The reader of `split` under `root`; an undeclared split is a ValueError listing the declared ones."""
+        if split not in self.splits:
+            raise ValueError(f"{self.name}: unknown split {split!r}; known: {', '.join(self.splits)}")
+        return resolve_reader(self.reader)(root, split)
+
+
+def resolve_reader(reader: Reader) -> Callable[[Union[str, os.PathLike], str], "BenchmarkDataset"]:
+    """A reader callable, importing "module:attribute" on first use."""
+    if callable(reader):
+        return reader
+    module, _, attribute = reader.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"reader {reader!r} must be a callable or 'module:attribute'")
+    return getattr(importlib.import_module(module), attribute)
+
+
+_SPECS: tuple[BenchmarkSpec, ...] = (
+    BenchmarkSpec(
+        name="cityscapes",
+        reader="datasets.cityscapes:CityscapesBenchmark",
+        categories="cityscapes_categories.json",
+        palette="cityscapes_palette.json",
+        description="Cityscapes, 27 classes (labelIds 7..33), 320x320",
+    ),
+    BenchmarkSpec(
+        name="coco_stuff",
+        reader="datasets.coco_stuff:CocoStuffBenchmark",
+        categories="coco_stuff_fine_categories_171.json",
+        eval_categories="coco_stuff_coarse_categories_27.json",
+        palette="coco_stuff_palette_512.json",
+        prediction_to_eval="coco_stuff_fine_171_to_coarse_27.json",
+        description="COCO-Stuff, 171 categories predicted, 27 coarse classes scored, 320x320",
+    ),
+    BenchmarkSpec(
+        name="kitti_step",
+        reader="datasets.kitti_step:KittiStepBenchmark",
+        categories="kitti_step_categories.json",
+        palette="kitti_step_palette.json",
+        description="KITTI-STEP, 19 classes, full resolution",
+    ),
+)
+
+
+
+def _ovss(name: str, description: str) -> BenchmarkSpec:
+    """An open-vocabulary benchmark: reader datasets.ovss.OvssBenchmark(name, ...), class list and query
+    names from datasets/metadata/ovss_{name}.json, the PASCAL VOC colour map."""
+
+    def read(root: Union[str, os.PathLike], split: str) -> "BenchmarkDataset":
+        from .ovss import OvssBenchmark
+
+        return OvssBenchmark(name, root, split)
+
+    def metadata():  # imported when used: datasets.metadata imports this module
+        from . import metadata
+
+        return metadata
+
+    def colours() -> np.ndarray:
+        from utils.palette import voc_colormap
+
+        return voc_colormap(256)
+
+    return BenchmarkSpec(
+        name=name, reader=read, categories=lambda: metadata().ovss_query_names(name),
+        eval_categories=lambda: metadata().ovss_class_names(name), palette=colours, splits=("val",),
+        protocol="ovss", description=description,
+    )
+
+
+# With background first, then without (the order of the open-vocabulary results table).
+_SPECS += (
+    _ovss("voc21", "PASCAL VOC 2012 val, 20 classes + background"),
+    _ovss("context60", "PASCAL Context val, 59 classes + background"),
+    _ovss("coco_object", "COCO-Object val2017, 80 things + background"),
+    _ovss("voc20", "PASCAL VOC 2012 val, 20 classes, background ignored"),
+    _ovss("context59", "PASCAL Context val, 59 classes, background ignored"),
+    _ovss("coco_stuff171", "COCO-Stuff-164k val2017, 171 classes"),
+    _ovss("cityscapes19", "Cityscapes val, 19 train ids"),
+    _ovss("ade20k150", "ADE20K val, 150 classes"),
+)
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {}
+
+
+def register_benchmark(spec: BenchmarkSpec, replace: bool = False) -> BenchmarkSpec:
+    """Add `spec` to the registry under `spec.name` (a second spec of the same name needs `replace`)."""
+    if spec.name in BENCHMARKS and not replace:
+        raise ValueError(f"benchmark {spec.name!r} is already registered")
+    BENCHMARKS[spec.name] = spec
+    return spec
+
+
+def unregister_benchmark(name: str) -> None:
+    """Remove a registered benchmark (tests that register a temporary one clean up with this)."""
+    BENCHMARKS.pop(name, None)
+
+
+def benchmark_names() -> tuple[str, ...]:
+    """The registered `dataset_name` values, in registration order."""
+    return tuple(BENCHMARKS)
+
+
+def get_benchmark(name: str) -> BenchmarkSpec:
+    """The spec of `name`, or a ValueError listing the known names."""
+    spec = BENCHMARKS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown dataset_name {name!r}; known: {', '.join(BENCHMARKS)}")
+    return spec
+
+
+for _spec in _SPECS:
+    register_benchmark(_spec)
