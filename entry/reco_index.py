@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import networks
-from datasets.imagenet import IndexBuildDataset, list_imagenet_images
+from datasets.imagenet import IndexBuildDataset, clip_normalise, list_imagenet_images
 from entry.reco_common import clip_precision
 from image_index.storage import ensure_index, index_dir, published_pickle_path
 from image_index.build import build_index
@@ -51,15 +52,30 @@ def run_index_stage(config: RecoConfig) -> Path:
                 f"index from; or put the authors' {published.name} into {dir_imagenet}")
 
         def embed(images: torch.Tensor) -> torch.Tensor:
-            return F.normalize(clip_model.encode_image(images.to(device, non_blocking=True)).float(), dim=-1)
+            # uint8 from the workers; ToTensor + Normalize here, on the device, bit-identical to SPEC 2
+            pixels = clip_normalise(images.to(device, non_blocking=True))
+            return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
 
         meta = {"clip_arch": config.clip_arch, "split": config.imagenet_split, "image_size": image_size}
         build_index(
             paths, embed, out_dir, meta,
-            make_dataset=lambda subset: IndexBuildDataset(subset, image_size),
-            batch_size=config.index_batch_size, num_workers=config.n_workers, shard_size=config.index_shard_size,
-            device=device, rank=rank, world_size=world_size, barrier=distributed.barrier, logger=logger,
+            make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False),
+            batch_size=config.index_batch_size, num_workers=index_workers(config, device),
+            shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
+            barrier=distributed.barrier, logger=logger,
         )
     finally:
         distributed.cleanup()
     return out_dir
+
+
+def index_workers(config: RecoConfig, device: torch.device) -> int:
+    """DataLoader workers of the build: `index_workers`, else on a GPU all the cores of this process's
+    share of the machine but one (JPEG decoding and the bicubic resize must keep up with the GPU), else
+    `n_workers` (on a CPU the workers compete with the model for the cores)."""
+    if config.index_workers is not None:
+        return config.index_workers
+    if device.type != "cuda":
+        return config.n_workers
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, (os.cpu_count() or 2) // processes_here - 1)

@@ -44,12 +44,15 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
                 meta: dict[str, Any], *, make_dataset: Callable, batch_size: int = 64, num_workers: int = 4,
                 shard_size: int = 8192, device: Any = "cpu", rank: int = 0, world_size: int = 1,
                 progress: bool = True, barrier: Optional[Callable[[], None]] = None,
-                logger: Optional[logging.Logger] = None, prefetch_factor: int = 4) -> Path:
+                logger: Optional[logging.Logger] = None, prefetch_factor: int = 2,
+                autocast_dtype: torch.dtype = torch.float16) -> Path:
     """Embed `image_paths` into the index at `out_dir`: sharded, resumable, torchrun-aware.
 
-    embed_fn(images (B, 3, S, S) on `device`) -> (B, D), called under inference_mode (and fp16
-    autocast on CUDA); rows are L2-normalised here in float32 and stored as float16.
-    make_dataset(paths) -> Dataset whose item i is (i, image (3, S, S), ok) (IndexBuildDataset).
+    embed_fn(images (B, 3, S, S) on `device`) -> (B, D), called under inference_mode (and autocast to
+    `autocast_dtype` on CUDA: float16 as the original, or bfloat16, the same speed on recent GPUs);
+    rows are L2-normalised here in float32 and stored as float16.
+    make_dataset(paths) -> Dataset whose item i is (i, image (3, S, S), ok) (IndexBuildDataset; the
+    image may be uint8, embed_fn then normalises it on the device).
     meta: at least clip_arch and split (image_size recommended), written to meta.json.
     Work is cut into shards of `shard_size` images (the last shard of each run is lost at worst); the
     shards still missing when the job starts are dealt round-robin to the ranks (shards r, r+W, ... on a
@@ -84,7 +87,7 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     if mine:
         _embed_shards(paths, mine, work, embed_fn, make_dataset, batch_size=batch_size, num_workers=num_workers,
                      shard_size=shard_size, device=device, progress=progress and rank == 0, logger=logger,
-                     prefetch_factor=prefetch_factor, desc=out_dir.name)
+                     prefetch_factor=prefetch_factor, desc=out_dir.name, autocast_dtype=autocast_dtype)
     sync()
     if rank == 0:
         tmp = fresh_tmp_dir(out_dir)
@@ -134,7 +137,7 @@ def shard_is_done(work: Path, shard: int) -> bool:
 
 def _embed_shards(paths: list[str], shards: list[int], work: Path, embed_fn: Callable, make_dataset: Callable, *,
                   batch_size: int, num_workers: int, shard_size: int, device: Any, progress: bool,
-                  logger: logging.Logger, prefetch_factor: int, desc: str) -> None:
+                  logger: logging.Logger, prefetch_factor: int, desc: str, autocast_dtype: torch.dtype) -> None:
     """Embed the images of `shards` (in order) with one DataLoader; write each shard when complete.
 
     Batches never straddle a shard, so an image is embedded in the same batch whatever the number of
@@ -183,7 +186,7 @@ def _embed_shards(paths: list[str], shards: list[int], work: Path, embed_fn: Cal
             shard.clear()
         bar.update(len(rows))
 
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+    autocast = torch.autocast("cuda", dtype=autocast_dtype) if cuda else contextlib.nullcontext()
     pending = None
     try:
         with torch.inference_mode():

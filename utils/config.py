@@ -61,8 +61,9 @@ class RecoConfig:
     reference_aliases: dict[str, str] = field(default_factory=lambda: {"vegetation": "tree"})
     n_visualisations: int = 10
     clip_precision: Literal["auto", "fp32", "fp16"] = "auto"
-    index_batch_size: int = 64
+    index_batch_size: int = 256
     index_shard_size: int = 8192
+    index_workers: Optional[int] = None  # DataLoader workers of the index build; None -> see entry/reco_index.py
     categories: Optional[list[str]] = None      # own images: class names (also --categories)
     reference_cache_dir: Optional[str] = None   # per-category reference cache; None -> {dir_ckpt}/references
     image_short_side: Optional[int] = 320       # own images: shorter side for inference; None -> full size
