@@ -18,7 +18,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.device import seed_sequence
+from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_INDEX = 255
 SCALE_RANGE = (0.5, 2.0)
@@ -30,7 +31,7 @@ BLUR_SIGMA = (0.1, 2.0)
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one sample's augmentation, a pure function of (seed, epoch, index)."""
-    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch, index]))
+    return np.random.default_rng(seed_sequence(seed, epoch, index))
 
 
 def base_geometry(image: Image.Image, mask: Image.Image, size: int) -> tuple[Image.Image, Image.Image]:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
 from .benchmarks import UnreadableImageError
-from .transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from utils.normalisation import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
 RETRIEVED_IMAGE_SIZE = 224
 

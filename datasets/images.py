@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 
 def image_extensions() -> set[str]:

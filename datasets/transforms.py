@@ -1,4 +1,4 @@
-"""Evaluation transforms of the benchmarks (SPEC 10) and normalisation constants.
+"""Evaluation transforms of the benchmarks (SPEC 10); the normalisation constants come from utils.normalisation.
 
 Cityscapes / COCO-Stuff (STEGO's `get_transform(320, is_label, "center")`):
     image: Resize(320, NEAREST) on the shorter side -> CenterCrop(320) -> ToTensor -> ImageNet Normalize.
@@ -20,10 +20,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 EVAL_SIZE = 320
 
@@ -71,11 +68,3 @@ def label_geometry(label: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
 def full_resolution_image_transform(image: Image.Image) -> torch.Tensor:
     """KITTI-STEP evaluation image: PIL RGB -> float32 (3, H, W) at full resolution, ImageNet-normalised."""
     return to_normalised_tensor(image)
-
-
-def denormalise(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """Invert `to_normalised_tensor`: (..., 3, H, W) normalised -> values in [0, 1] (not clamped)."""
-    mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
-    return image * std_t + mean_t

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +25,7 @@ from reco_plus.ddp import any_rank, gather_rng_states, wrap_ddp
 from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_dir, require_file
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, seed_everything, setup_logging
-from utils.distributed import init_distributed, is_distributed
+from utils.distributed import env_rank, init_distributed, is_distributed
 from utils.io import atomic_write, save_json, torch_save
 from utils.metrics import named_scores
 from utils.visualise import plot_training_curves, save_panels
@@ -108,7 +107,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 def evaluate_weights(config: RecoPlusConfig, weights: str) -> Optional[dict[str, Any]]:
     """Evaluate a state_dict on val with and without CRF into {run}/eval/ (rank 0 only under torchrun)."""
     path = require_file("--weights", weights, "a DeepLabv3+ state_dict (.pt)")
-    if int(os.environ.get("RANK", 0)) > 0:
+    if env_rank() > 0:
         return None
     device = resolve_device(config.device)
     n_classes = len(metadata.eval_categories(config.dataset_name))

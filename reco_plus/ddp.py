@@ -8,24 +8,21 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from reco_plus.checkpoint import capture_rng_state
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from utils.distributed import get_world_size
 
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's `capture_rng_state()` (index = rank); a collective under DDP."""
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return [capture_rng_state()]
-    states: list[Any] = [None] * _world_size()
+    states: list[Any] = [None] * get_world_size()
     dist.all_gather_object(states, capture_rng_state())
     return states
 
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is True on any rank (so that all ranks stop at the same iteration)."""
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return flag
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     value = torch.tensor([int(flag)], device=device)
@@ -39,7 +36,7 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     On CUDA the BatchNorms become SyncBatchNorm, so batch statistics are those of the global batch (the
     original trained on one GPU). Parameters are kept, so an optimiser built before stays valid.
     """
-    if _world_size() == 1:
+    if get_world_size() == 1:
         return model
     if device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from utils.device import seed_sequence
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 64-bit seed for one sample's augmentation, a pure function of (seed, epoch, index)."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch, index]).generate_state(2)
+    state = seed_sequence(seed, epoch, index).generate_state(2)
     return int(state[0]) << 32 | int(state[1])
 
 

@@ -15,10 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+from utils import normalisation
+
+IMAGENET_MEAN = torch.tensor(normalisation.IMAGENET_MEAN).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor(normalisation.IMAGENET_STD).view(1, 3, 1, 1)
+CLIP_MEAN = torch.tensor(normalisation.CLIP_MEAN).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor(normalisation.CLIP_STD).view(1, 3, 1, 1)
 SIGMA = 0.12  # kernel width in [0, 1] RGB units; the vocabulary's colours are >= 0.3 apart
 BIAS = 0.05
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.functional as VF
 
-from utils.crf import (IMAGENET_MEAN, IMAGENET_STD, dense_crf, dense_crf_batch, denormalise_image,
-                       resolve_crf_backend)
+from utils.crf import dense_crf, dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dense_crf.npz"
 

@@ -18,10 +18,11 @@ from datasets.benchmarks import (UnreadableImageError, build_benchmark, collate,
 from datasets.cityscapes import cityscapes_label_ids_to_eval
 from datasets.coco_stuff import coco_stuff_10k_root, coco_stuff_10k_to_coarse, coco_stuff_png_to_coarse
 from datasets.kitti_step import kitti_step_panoptic_to_eval
-from datasets.transforms import (IMAGENET_MEAN, denormalise, eval_image_transform, eval_label_transform,
-                                 full_resolution_image_transform, to_normalised_tensor)
+from datasets.transforms import (eval_image_transform, eval_label_transform, full_resolution_image_transform,
+                                 to_normalised_tensor)
 from tests.synthetic import (CLASS_COLOURS, SCENE_CLASSES, write_cityscapes, write_coco_stuff,
                              write_corrupt_jpeg, write_imagenet, write_kitti_step)
+from utils.normalisation import IMAGENET_MEAN, denormalise
 from utils.palette import voc_colormap
 
 

@@ -25,6 +25,7 @@ from reco_plus import (PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings,
 from synthetic import write_cityscapes, write_coco_stuff, write_kitti_step
 from utils.config import load_reco_plus_config
 from utils.io import save_png
+from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +182,7 @@ COLOURS = np.array([(220, 30, 30), (30, 200, 40), (40, 40, 230), (230, 220, 30)]
 def _colour_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Four quadrants of random classes painted in the class colour (+ noise): class = f(colour)."""
     rng = np.random.default_rng(seed)
-    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
     images, masks = [], []
     for _ in range(n):
         r, c = rng.integers(16, 48, 2)

@@ -21,14 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .normalisation import denormalise_image  # noqa: F401  (re-exported: the CRF's callers denormalise with it)
 from .permutohedral import LatticeOperator, MatrixOperator, build_lattice, lattice_operator
 
 MAX_ITER = 10
 POS_W, POS_XY_STD = 3.0, 1.0
 BI_W, BI_XY_STD, BI_RGB_STD = 4.0, 67.0, 3.0
 UNARY_CLIP = 1e-5
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKENDS = ("pydensecrf", "torch")
 
 ArrayLike = Union[np.ndarray, Tensor]
@@ -41,24 +40,6 @@ def resolve_crf_backend(name: str, device: Union[str, torch.device, None] = None
     if name not in BACKENDS:
         raise ValueError(f"unknown CRF backend {name!r}; expected 'auto', 'pydensecrf' or 'torch'")
     return name
-
-
-def denormalise_image(image: Tensor) -> np.ndarray:
-    """ImageNet-normalised (3, H, W) or (B, 3, H, W) float tensor -> uint8 RGB (H, W, 3) / (B, H, W, 3).
-
-    x * std + mean per channel, then exactly torchvision's to_pil_image conversion of a float
-    image, ``(x * 255).astype(np.uint8)``: truncation toward zero. Out-of-range values (never
-    produced by a real normalised image) follow the same NumPy cast as the original, no clamping.
-    """
-    if not isinstance(image, Tensor) or not image.is_floating_point():
-        raise ValueError("denormalise_image expects a floating-point torch tensor")
-    if image.ndim not in (3, 4) or image.shape[-3] != 3:
-        raise ValueError(f"denormalise_image expects (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
-    x = image.detach().cpu()
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(3, 1, 1)
-    x = x * std + mean  # the original's t.mul_(s).add_(m), same float operations
-    return (x.movedim(-3, -1).numpy() * 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- input checks

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import env_local_rank
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> cuda if available else cpu; 'cpu', 'cuda', 'cuda:1' are taken as given."""
     if name == "auto":
         if torch.cuda.is_available():
-            local_rank = int(os.environ.get("LOCAL_RANK", 0))
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return torch.device("cuda", env_local_rank() % torch.cuda.device_count())
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -29,6 +30,12 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_sequence(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
+    """The seed of one training sample (or, with index 2**32 - 1, of one epoch's order): a pure function
+    of (seed, epoch, index), so data order and augmentations survive worker counts and resumption."""
+    return np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, epoch, index])
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> logging.Logger:

@@ -25,6 +25,16 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_rank() -> int:
+    """RANK from the environment (0 when not launched by torchrun); valid before init_distributed."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def env_local_rank() -> int:
+    """LOCAL_RANK from the environment (0 when not launched by torchrun): this process's GPU on its node."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init_distributed(backend: str | None = None, timeout_minutes: float = 120.0) -> tuple[int, int, int]:
     """Join the torchrun process group if launched by torchrun; returns (rank, world_size, local_rank).
 
@@ -36,8 +46,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 120.0)
     world_size = env_world_size()
     if world_size <= 1 or "RANK" not in os.environ:
         return 0, 1, 0
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = env_rank(), env_local_rank()
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), local_rank
     if backend is None:
