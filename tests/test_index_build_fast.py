@@ -9,7 +9,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from datasets.imagenet import IndexBuildDataset, clip_normalise, clip_preprocess
-from datasets.transforms import CLIP_MEAN, CLIP_STD
+from utils.normalisation import CLIP_MEAN, CLIP_STD
 
 
 def _original(size: int) -> T.Compose:
