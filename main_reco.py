@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stage", choices=["all", "index", "references"], default="all",
                    help="index: only build the ImageNet index (torchrun-aware); references: stop after "
                         "the reference embeddings; all: everything that is missing, then evaluate")
-    p.add_argument("--images", help="segment the images in this folder (recursively)")
+    p.add_argument("--images", help="segment this image file, or the images in this folder (recursively)")
     p.add_argument("--categories", help="own images: comma-separated class names or a text file, one per line")
     p.add_argument("--out", help="own images: output folder")
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")

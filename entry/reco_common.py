@@ -5,7 +5,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -112,19 +112,26 @@ def compute_references(
     dense: Optional[DenseClipModels],
     on_reference: Optional[Callable[[str, torch.Tensor, torch.Tensor], None]] = None,
     build_missing_index: bool = True,
+    retrieval_clip: Optional[Callable[[], tuple[nn.Module, Callable]]] = None,
+    progress: Optional[Callable[[Iterable, str], Iterable]] = None,
 ) -> dict[str, torch.Tensor]:
-    """Retrieve k ImageNet images per category and co-segment them (SPEC 4, 7), with the file cache."""
+    """Retrieve k ImageNet images per category and co-segment them (SPEC 4, 7), with the file cache.
+
+    `retrieval_clip()` gives the retrieval CLIP and its tokenizer when one is kept loaded (the Python
+    API); by default it is built for the retrieval and dropped. `progress(items, desc)` wraps the
+    loops over categories (default: tqdm bars).
+    """
     contexts = list(config.context_categories) if config.context_elimination else []
     cache = FileReferenceCache(reference_cache_root(config), config)
     names = list(dict.fromkeys(contexts + list(categories)))
     missing = [n for n in names if not _cached_or_aliased(n, cache, contexts, config)]
     paths: dict[str, list[Path]] = {}
     if missing:
-        paths = retrieve(config, missing, device, build_missing_index)
+        paths = retrieve(config, missing, device, build_missing_index, retrieval_clip)
 
     def retrieve_images(name: str) -> torch.Tensor:
         if name not in paths:  # cached when checked, but the entry became unreadable since
-            paths.update(retrieve(config, [name], device, build_missing_index))
+            paths.update(retrieve(config, [name], device, build_missing_index, retrieval_clip))
         return load_images(paths[name]).to(device)
 
     text = None
@@ -142,7 +149,7 @@ def compute_references(
         reproduce_slice_bug=config.reproduce_seed_slice_bug,
         cache=cache,
         on_reference=on_reference,
-        progress=lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category"),
+        progress=progress or (lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category")),
     )
 
 
@@ -151,7 +158,8 @@ def reference_cache_root(config: RecoConfig) -> Path:
 
 
 def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
-             build_missing_index: bool = True) -> dict[str, list[Path]]:
+             build_missing_index: bool = True,
+             retrieval_clip: Optional[Callable[[], tuple[nn.Module, Callable]]] = None) -> dict[str, list[Path]]:
     """Top-k ImageNet image paths of each name, by CLIP text-to-image similarity on the index.
 
     A missing index is built first (or converted from the authors' pickle) when `build_missing_index`;
@@ -163,12 +171,9 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
 
         logger.info("no ImageNet index yet: building it (every image of dir_imagenet is embedded once)")
         run_index_stage(config)
-    clip_model, tokenizer = networks.build_clip(
-        config.clip_arch, config.weights.clip, device=device, precision=clip_precision(config, device),
-        key="weights.clip",
-    )
+    clip_model, tokenizer = (retrieval_clip or (lambda: build_retrieval_clip(config, device)))()
     queries = text_embeddings(clip_model, tokenizer, list(names))
-    del clip_model
+    del clip_model  # when built here: freed before the index is read
     index = ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split, expected_dim=queries.shape[1])
     if len(index.filenames) < config.n_imgs:
         raise ConfigError(f"n_imgs: {config.n_imgs} images asked for but the index holds {len(index.filenames)}")
@@ -182,6 +187,14 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
         name: [imagenet.imagenet_path(dir_imagenet, config.imagenet_split, index.filenames[i]) for i in row]
         for name, row in zip(names, top.tolist())
     }
+
+
+def build_retrieval_clip(config: RecoConfig, device: torch.device) -> tuple[nn.Module, Callable]:
+    """The retrieval CLIP (index and text queries) and its tokenizer."""
+    return networks.build_clip(
+        config.clip_arch, config.weights.clip, device=device, precision=clip_precision(config, device),
+        key="weights.clip",
+    )
 
 
 def load_images(paths: Sequence[Path]) -> torch.Tensor:

@@ -1,24 +1,26 @@
-"""Own-images stage of main_reco.py: segment a folder of images with your own class names."""
+"""Own-images stage of main_reco.py: segment an image or a folder of images with your own class names.
+
+A thin caller of the Python API (reco_api.ReCo): this module only lists the files, writes the outputs
+and makes the output folder appear whole or not at all.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets import images as own
-from entry.reco_common import build_dense_clip, build_encoder, compute_references
-from reco.inference import predict
-from reco.references import stack_references
+from reco_api.model import ReCo, check_categories
 from utils.config import ConfigError, RecoConfig, config_to_dict
-from utils.crf import dense_crf, denormalise_image, resolve_crf_backend
-from utils.device import resolve_device, setup_logging
+from utils.device import setup_logging
 from utils.io import save_json, save_png
-from utils.visualise import label_palette, overlay, save_legend
+from utils.visualise import label_palette, save_legend
 
 logger = logging.getLogger("reco")
 
@@ -36,62 +38,108 @@ def parse_categories(argument: Optional[str], configured: Optional[list[str]]) -
         names = [name.strip() for name in configured]
     else:
         raise ConfigError("categories: give --categories \"cat,grass,sky\" (or a text file) or set `categories` in the config")
-    if any(not name for name in names):
-        raise ConfigError(f"categories: empty class name in {names}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ConfigError(f"categories: duplicate class names {duplicates}")
-    if len(names) > 255:
-        raise ConfigError(f"categories: at most 255 classes fit an 8-bit mask, got {len(names)}")
-    return names
+    try:
+        return check_categories(names)
+    except ValueError as e:
+        raise ConfigError(f"categories: {e}") from None
 
 
-@torch.no_grad()
-def run_own_images(config: RecoConfig, image_dir: str, categories_arg: Optional[str], out: Optional[str],
+def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str], out: Optional[str],
                    crf: bool = True) -> dict:
+    """Segment `images` (a file or a folder, recursively) into OUT/masks, OUT/overlays, OUT/legend.png
+    and OUT/summary.json. Unreadable or too large images are skipped and listed."""
     if out is None:
         raise ConfigError("--out: give an output folder for the masks and overlays")
     categories = parse_categories(categories_arg, config.categories)
-    paths = own.list_images(image_dir)
-    stems = own.output_stems(paths, image_dir)
+    paths = own.list_images(images)
+    stems = own.output_stems(paths, images)
     out_dir = Path(out)
-    setup_logging(out_dir / "reco.log")
-    device = resolve_device(config.device)
-    logger.info("segmenting %d images in %s into %d categories -> %s", len(paths), image_dir, len(categories), out_dir)
-    save_json(out_dir / "config.json", {**config_to_dict(config), "categories": categories, "images": image_dir})
+    with staged_output(out_dir) as stage:
+        setup_logging(stage / "reco.log")
+        logger.info("segmenting %d images in %s into %d categories -> %s", len(paths), images, len(categories), out_dir)
+        save_json(stage / "config.json", {**config_to_dict(config), "categories": categories, "images": str(images)})
+        model = ReCo(config)
+        model.references(categories)  # retrieval and co-segmentation of new classes, before any image
+        save_legend(stage / "legend.png", categories, label_palette(len(categories)))
 
-    encoder = build_encoder(config, device)
-    dense = build_dense_clip(config, device)
-    # Building the whole index is hours of work: own images ask for it explicitly (--stage index).
-    references = compute_references(config, categories, device, encoder, dense, build_missing_index=False)
-    matrix = stack_references(references, categories).to(device)
-    text = dense.embed_text(categories) if dense is not None and config.dense_clip_inference else None
-    dense_clip = dense.dense_clip if text is not None else None
-    crf_backend = resolve_crf_backend(config.crf_backend, device)
-    palette = label_palette(len(categories))
-    save_legend(out_dir / "legend.png", categories, palette)
-
-    summary: dict = {"categories": categories, "images": {}, "skipped": []}
-    for path, stem in zip(tqdm(paths, desc="segmenting images", unit="image"), stems):
-        try:
-            image = own.load_image(path)
-        except OSError as e:
-            logger.warning("skipped %s", e)
-            summary["skipped"].append(str(path))
-            continue
-        tensor = own.inference_tensor(image, config.image_short_side).to(device)[None]
-        scores = predict(tensor, encoder, matrix, dense_clip, text)[0]  # (N, h, w)
-        if crf:
-            scores = dense_crf(denormalise_image(tensor[0].cpu()), torch.log_softmax(scores, dim=0), backend=crf_backend)
-        labels = scores.argmax(dim=0).float()[None, None]
-        labels = F.interpolate(labels, size=(image.height, image.width), mode="nearest")[0, 0].to(torch.uint8)
-        mask = labels.cpu().numpy()
-        save_png(out_dir / "masks" / f"{stem}.png", mask)
-        save_png(out_dir / "overlays" / f"{stem}.png", overlay(own.as_array(image), mask, palette))
-        counts = np.bincount(mask.ravel(), minlength=len(categories)) / mask.size
-        summary["images"][stem] = {name: float(counts[i]) for i, name in enumerate(categories)}
-    save_json(out_dir / "summary.json", summary)
-    if summary["skipped"]:
-        logger.warning("%d unreadable images skipped (listed in summary.json)", len(summary["skipped"]))
-    logger.info("wrote %d masks to %s", len(summary["images"]), out_dir / "masks")
+        summary: dict = {"categories": categories, "images": {}, "skipped": []}
+        progress = tqdm(total=len(paths), desc="segmenting images", unit="image")
+        for start in range(0, len(paths), config.batch_size):
+            loaded = []
+            for path, stem in zip(paths[start:start + config.batch_size], stems[start:start + config.batch_size]):
+                try:
+                    loaded.append((stem, own.load_image(path, model.max_image_pixels)))
+                except (OSError, ValueError) as e:  # unreadable, or over the pixel limit
+                    logger.warning("skipped %s", e)
+                    summary["skipped"].append(str(path))
+            results = model.segment_batch([image for _, image in loaded], categories, crf=crf)
+            for (stem, _), result in zip(loaded, results):
+                save_png(stage / "masks" / f"{stem}.png", result.labels)
+                save_png(stage / "overlays" / f"{stem}.png", result.overlay_array)
+                summary["images"][stem] = result.fractions
+            progress.update(len(paths[start:start + config.batch_size]))
+        progress.close()
+        save_json(stage / "summary.json", summary)
+        if summary["skipped"]:
+            logger.warning("%d unreadable images skipped (listed in summary.json)", len(summary["skipped"]))
+        logger.info("wrote %d masks to %s", len(summary["images"]), out_dir / "masks")
     return summary
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside `out_dir` to write into, moved onto `out_dir` only if the block succeeds.
+
+    A failed or interrupted run leaves `out_dir` as it was: absent, or holding the previous run's
+    files (a successful run replaces those it writes again and appends to reco.log).
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out: {out_dir} exists and is not a folder")
+    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield stage
+        _close_log_files_under(stage)
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes a private folder; give it the usual permissions
+        if not out_dir.exists():
+            os.replace(stage, out_dir)
+        else:
+            _merge_into(stage, out_dir)
+    except BaseException:
+        _close_log_files_under(stage)
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in created:  # parents this run made for --out (innermost first)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _merge_into(stage: Path, out_dir: Path) -> None:
+    for path in sorted(stage.rglob("*")):
+        if path.is_dir():
+            continue
+        target = out_dir / path.relative_to(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "reco.log" and path.parent == stage and target.is_file():
+            with open(target, "ab") as f:
+                f.write(path.read_bytes())
+        else:
+            os.replace(path, target)
+    shutil.rmtree(stage)
+
+
+def _close_log_files_under(folder: Path) -> None:
+    """Detach the run's log file so that the folder can be moved or removed."""
+    reco_logger = logging.getLogger("reco")
+    for handler in list(reco_logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(folder.resolve()):
+            reco_logger.removeHandler(handler)
+            handler.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -109,3 +109,4 @@ def test_own_images_clear_errors(tmp_path, capsys, case, message):
     argv = ["--config", str(config), "--images", images, "--categories", categories, "--out", str(tmp_path / "o")]
     assert main_reco.main(argv) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # a failed run leaves no half-made output folder

@@ -122,6 +122,11 @@ def load_reco_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]
     return _load(RecoConfig, path, overrides)
 
 
+def reco_config_from_dict(raw: dict[str, Any]) -> RecoConfig:
+    """A ReCo config from a mapping of its YAML keys, checked as a file's would be (the Python API)."""
+    return _build(RecoConfig, dict(raw), prefix="")
+
+
 def load_reco_plus_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoPlusConfig:
     """Read a ReCo+ YAML file; `overrides` replace its values."""
     return _load(RecoPlusConfig, path, overrides)

@@ -14,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
 from utils.palette import voc_colormap  # noqa: E402
@@ -80,17 +82,30 @@ def save_cosegmentation(
 
 
 def save_legend(path: str | os.PathLike, categories: Sequence[str], palette: np.ndarray) -> None:
-    """A swatch and the name of every category."""
+    """A swatch and the name of every category, as a PNG file."""
+    with atomic_write(path, "wb") as f:
+        f.write(legend_png(categories, palette))
+
+
+def legend_png(categories: Sequence[str], palette: np.ndarray) -> bytes:
+    """The PNG bytes of the legend: a swatch and the name of every category.
+
+    Drawn on a `Figure` of its own, not through pyplot's global state, so that threads (the web
+    demo's requests) can draw legends at the same time.
+    """
     n = len(categories)
-    fig, ax = plt.subplots(figsize=(3.2, 0.3 * n + 0.3))
+    fig = Figure(figsize=(3.2, 0.3 * n + 0.3))
+    ax = fig.add_subplot()
     for i, name in enumerate(categories):
-        ax.add_patch(plt.Rectangle((0, n - 1 - i), 0.8, 0.8, color=np.asarray(palette[i]) / 255.0))
+        ax.add_patch(Rectangle((0, n - 1 - i), 0.8, 0.8, color=np.asarray(palette[i]) / 255.0))
         ax.text(1.1, n - 1 - i + 0.4, name, va="center", fontsize=9)
     ax.set_xlim(0, 8)
     ax.set_ylim(-0.2, n)
     ax.axis("off")
     fig.tight_layout(pad=0.2)
-    _save_figure(fig, path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping]) -> None:

@@ -1,0 +1,14 @@
+"""Python API of ReCo: segment images with any class names from a notebook or a script.
+
+    from reco_api import ReCo
+    model = ReCo.from_config("configs/reco_custom.yaml")
+    result = model.segment("photo.jpg", ["red panda", "bamboo", "snow"])
+
+`python -m reco_api.demo --config CFG` serves the same model as a local web page.
+"""
+from datasets.images import MAX_IMAGE_PIXELS, MAX_INFERENCE_PIXELS, ImageTooLargeError
+from reco_api.model import ReCo, check_categories
+from reco_api.result import Segmentation
+
+__all__ = ["ReCo", "Segmentation", "check_categories", "ImageTooLargeError", "MAX_IMAGE_PIXELS",
+           "MAX_INFERENCE_PIXELS"]

@@ -1,0 +1,238 @@
+"""ReCo as a Python object: the models are built once, then any image is segmented with any class names.
+
+    from reco_api import ReCo
+    model = ReCo.from_config("configs/reco_custom.yaml")
+    result = model.segment("photo.jpg", ["red panda", "bamboo", "snow"])
+    result.labels, result.scores, result.overlay, result.fractions
+
+This package is entry-level code: it reads the config and builds the networks (through entry/), then
+hands plain tensors to the algorithm in reco/, which never imports it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from datasets import images as own
+from entry.reco_common import (
+    DenseClipModels, build_dense_clip, build_encoder, build_retrieval_clip, compute_references,
+)
+from reco.inference import predict
+from reco.references import stack_references
+from reco_api.result import Segmentation
+from utils.config import RecoConfig, config_to_dict, load_reco_config, reco_config_from_dict
+from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.device import resolve_device
+from utils.visualise import label_palette
+
+# progress(fraction in [0, 1], message): called while new classes are retrieved and co-segmented and
+# while images are segmented (the web demo shows it).
+Progress = Callable[[float, str], None]
+
+MAX_CATEGORIES = 255  # class indices are stored in 8-bit masks
+
+
+def check_categories(categories: Union[str, Sequence[str]]) -> list[str]:
+    """Class names, stripped: a list, or one comma-separated string ("cat, grass").
+
+    An empty list, an empty name, a duplicate or more than 255 names is a ValueError saying which.
+    """
+    if isinstance(categories, str):
+        categories = categories.split(",")
+    names = []
+    for name in categories:
+        if not isinstance(name, str):
+            raise ValueError(f"class names must be strings, got {name!r}")
+        names.append(name.strip())
+    if not names or names == [""]:
+        raise ValueError("no class names given: name at least one class, e.g. ['cat', 'grass']")
+    if any(not name for name in names):
+        raise ValueError(f"empty class name in {names}")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate class names {duplicates}")
+    if len(names) > MAX_CATEGORIES:
+        raise ValueError(f"at most {MAX_CATEGORIES} classes fit an 8-bit mask, got {len(names)}")
+    return names
+
+
+class ReCo:
+    """Zero-shot segmentation with any class names (ReCo, SPEC 4-9).
+
+    Build it with `ReCo.from_config(path)` or `ReCo.from_settings(**keys)`; or pass an already-built
+    dense `encoder` and `dense` (DenseCLIP and its text tower) to the constructor, which builds only
+    what it is not given. The reference embedding of each class name is computed once: it is memoised
+    here, and cached on disk per class in `reference_cache_dir`, shared with the command line and the
+    benchmark runs. Requests may come from several threads at once: reference computation is
+    serialised by a lock, segmentation is not.
+    """
+
+    def __init__(
+        self,
+        config: RecoConfig,
+        *,
+        encoder: Optional[nn.Module] = None,
+        dense: Optional[DenseClipModels] = None,
+        device: Union[str, torch.device, None] = None,
+        max_image_pixels: Optional[int] = own.MAX_IMAGE_PIXELS,
+        max_inference_pixels: Optional[int] = own.MAX_INFERENCE_PIXELS,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(str(device) if device is not None else config.device)
+        self.encoder = (encoder if encoder is not None else build_encoder(config, self.device)).eval()
+        self.dense = dense if dense is not None else build_dense_clip(config, self.device)
+        self.crf_backend = resolve_crf_backend(config.crf_backend, self.device)
+        self.max_image_pixels = max_image_pixels
+        self.max_inference_pixels = max_inference_pixels
+        self._references: dict[str, torch.Tensor] = {}
+        self._retrieval_clip: Optional[tuple[nn.Module, Callable]] = None
+        self._lock = threading.Lock()  # guards the memo, the text-embedding memo and the cache files
+        self._crf_pool_lock = threading.Lock()  # the pydensecrf pool is created lazily, once
+
+    @classmethod
+    def from_config(cls, config: Union[str, os.PathLike, RecoConfig], *,
+                    device: Union[str, torch.device, None] = None, **overrides: Any) -> "ReCo":
+        """From a YAML file (or a loaded config); keyword arguments replace its keys, e.g.
+        `weights={"encoder": "deit.pth"}` (merged into the file's `weights`) or `n_imgs=20`."""
+        if not isinstance(config, RecoConfig):
+            config = load_reco_config(config)
+        if overrides:
+            raw = config_to_dict(config)
+            for key, value in overrides.items():
+                if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                    value = {**raw[key], **value}
+                raw[key] = value
+            config = reco_config_from_dict(raw)
+        return cls(config, device=device)
+
+    @classmethod
+    def from_settings(cls, *, device: Union[str, torch.device, None] = None, **settings: Any) -> "ReCo":
+        """Without a YAML file: the config keys as keyword arguments, e.g.
+        `ReCo.from_settings(dir_ckpt="ckpt", dir_imagenet="/data/ImageNet2012", weights={...})`."""
+        return cls(reco_config_from_dict(settings), device=device)
+
+    # ------------------------------------------------------------------ reference embeddings
+
+    def references(self, categories: Union[str, Sequence[str]], progress: Optional[Progress] = None) -> torch.Tensor:
+        """(N, C) unit-norm reference embeddings of `categories`, on the model's device.
+
+        Only names not seen before by this object are looked up in the disk cache, and only those
+        missing there are retrieved and co-segmented. The ImageNet index must exist (see README).
+        """
+        names = check_categories(categories)
+        with self._lock:
+            missing = [name for name in names if name not in self._references]
+            if missing:
+                _report(progress, 0.0, f"retrieving and co-segmenting {len(missing)} new classes: {', '.join(missing)}")
+                computed = compute_references(
+                    self.config, missing, self.device, self.encoder, self.dense, build_missing_index=False,
+                    retrieval_clip=self._get_retrieval_clip, progress=_cosegmentation_progress(progress),
+                )
+                self._references.update({name: computed[name].detach().cpu() for name in missing})
+            return stack_references(self._references, names).to(self.device)
+
+    def _get_retrieval_clip(self) -> tuple[nn.Module, Callable]:
+        """Built on the first class that must be retrieved and kept for the next ones."""
+        if self._retrieval_clip is None:
+            self._retrieval_clip = build_retrieval_clip(self.config, self.device)
+        return self._retrieval_clip
+
+    def _text_embeddings(self, names: list[str]) -> Optional[torch.Tensor]:
+        """(N, D) DenseCLIP text embeddings when DenseCLIP inference is on, else None."""
+        if self.dense is None or not self.config.dense_clip_inference:
+            return None
+        with self._lock:
+            return self.dense.embed_text(names).to(self.device)
+
+    # ------------------------------------------------------------------ segmentation
+
+    def segment(self, image: own.ImageInput, categories: Union[str, Sequence[str]], *,
+                crf: Optional[bool] = None, progress: Optional[Progress] = None) -> Segmentation:
+        """Segment one image (PIL image, uint8 array (H, W, 3) or file path) into `categories`.
+
+        crf: dense-CRF refinement (None: the config's `crf`). The labels are at the input's size.
+        """
+        return self.segment_batch([image], categories, crf=crf, progress=progress)[0]
+
+    @torch.no_grad()
+    def segment_batch(self, images: Iterable[own.ImageInput], categories: Union[str, Sequence[str]], *,
+                      crf: Optional[bool] = None, progress: Optional[Progress] = None) -> list[Segmentation]:
+        """Segment several images into the same classes; images of equal inference size are batched
+        (`batch_size` at a time). Every image is read and checked before any model runs."""
+        names = check_categories(categories)
+        pictures = [own.to_rgb_image(image, self.max_image_pixels) for image in images]
+        if not pictures:
+            return []
+        matrix = self.references(names, progress)
+        text = self._text_embeddings(names)
+        dense_clip = self.dense.dense_clip if text is not None else None
+        crf = self.config.crf if crf is None else bool(crf)
+        palette = label_palette(len(names))
+
+        tensors = [own.inference_tensor(p, self.config.image_short_side, self.max_inference_pixels) for p in pictures]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, tensor in enumerate(tensors):
+            groups.setdefault(tuple(tensor.shape), []).append(i)
+        chunks = [idx[s:s + self.config.batch_size] for idx in groups.values()
+                  for s in range(0, len(idx), self.config.batch_size)]
+        results: list[Optional[Segmentation]] = [None] * len(pictures)
+        for n_done, chunk in enumerate(chunks):
+            _report(progress, 0.9 + 0.1 * n_done / len(chunks), f"segmenting {len(pictures)} image(s)")
+            batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+            scores = predict(batch, self.encoder, matrix, dense_clip, text)  # (B, N, h, w)
+            probabilities = self._crf(batch, scores) if crf else None
+            labels = (probabilities if probabilities is not None else scores).argmax(dim=1)  # (B, h, w)
+            for j, i in enumerate(chunk):
+                results[i] = Segmentation(
+                    categories=tuple(names),
+                    labels=_resize_labels(labels[j], pictures[i].height, pictures[i].width),
+                    scores=scores[j].float().cpu().numpy(),
+                    crf_probabilities=None if probabilities is None else probabilities[j].float().cpu().numpy(),
+                    image=own.as_array(pictures[i]),
+                    palette=palette,
+                )
+        _report(progress, 1.0, "done")
+        return results  # type: ignore[return-value]
+
+    def _crf(self, batch: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Dense CRF (SPEC 9.2) on the denormalised inference-size images and the log-softmax of the
+        scores -> (B, N, h, w) probabilities."""
+        images = np.stack([denormalise_image(image.cpu()) for image in batch])
+        log_probabilities = torch.log_softmax(scores, dim=1)
+        if len(images) == 1 or self.crf_backend != "pydensecrf":
+            return dense_crf_batch(images, log_probabilities, backend=self.crf_backend, n_workers=1)
+        workers = self.config.crf_workers if self.config.crf_workers is not None else self.config.n_workers
+        with self._crf_pool_lock:
+            return dense_crf_batch(images, log_probabilities, backend=self.crf_backend, n_workers=workers)
+
+
+def _resize_labels(labels: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(h, w) class indices -> (height, width) uint8, nearest neighbour."""
+    resized = F.interpolate(labels.float()[None, None], size=(height, width), mode="nearest")[0, 0]
+    return resized.to(torch.uint8).cpu().numpy()
+
+
+def _report(progress: Optional[Progress], fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(fraction, message)
+
+
+def _cosegmentation_progress(progress: Optional[Progress]) -> Optional[Callable[[Iterable, str], Iterable]]:
+    """Adapts `progress` to the loops of compute_references (contexts, then the new classes)."""
+    if progress is None:
+        return None
+
+    def wrap(items: Iterable, desc: str) -> Iterable:
+        items = list(items)
+        for i, item in enumerate(items):
+            progress(0.05 + 0.85 * i / max(len(items), 1), f"co-segmenting {desc}: {item}")
+            yield item
+
+    return wrap
+
