@@ -23,6 +23,7 @@ from datasets import images as own
 from entry.reco_common import (
     DenseClipModels, build_dense_clip, build_encoder, build_retrieval_clip, compute_references,
 )
+from entry.validation import check_reco_names
 from reco.inference import predict
 from reco.references import stack_references
 from reco_api.result import Segmentation
@@ -83,7 +84,7 @@ class ReCo:
         max_image_pixels: Optional[int] = own.MAX_IMAGE_PIXELS,
         max_inference_pixels: Optional[int] = own.MAX_INFERENCE_PIXELS,
     ) -> None:
-        self.config = config
+        self.config = check_reco_names(config)
         self.device = resolve_device(str(device) if device is not None else config.device)
         self.encoder = (encoder if encoder is not None else build_encoder(config, self.device)).eval()
         self.dense = dense if dense is not None else build_dense_clip(config, self.device)
