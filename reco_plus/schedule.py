@@ -25,9 +25,6 @@ class PolyLR(LRScheduler):
     def get_lr(self) -> list[float]:
         return self._lrs_at(self.last_epoch)
 
-    def _get_closed_form_lr(self) -> list[float]:
-        return self._lrs_at(self.last_epoch)
-
     def _lrs_at(self, step: int) -> list[float]:
         factor = max(1.0 - step / self.max_iters, 0.0) ** self.power
         return [max(base_lr * factor, self.min_lr) for base_lr in self.base_lrs]

@@ -197,7 +197,7 @@ def _crf_torch(images: Tensor, probs: Tensor) -> Tensor:
 def _softmax_(x: Tensor, out: Tensor) -> Tensor:
     """Softmax over dim 1 (max-subtracted, like pydensecrf's expAndNormalize) into a preallocated
     tensor: on CPU a fresh (P, C) tensor per iteration costs page faults."""
-    return torch._softmax(x, 1, False, out=out)  # the out= variant of torch.softmax
+    return torch.softmax(x, 1, out=out)  # public torch.softmax, its out= overload (softmax.int_out)
 
 
 # ----------------------------------------------------------------------------- public API

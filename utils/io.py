@@ -99,6 +99,12 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode(encoding)
 
 
+# The functions numpy's own pickles call to rebuild arrays and scalars, taken from numpy's public
+# pickle protocol (__reduce__) rather than from its private numpy.core / numpy._core modules.
+_NUMPY_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]
+# torch._utils._rebuild_*: the globals torch's pickles name (fixed by the file format); torch has no
+# public alias for them, so the restricted unpickler must reference them here.
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): _latin1_encode,
     ("collections", "OrderedDict"): __import__("collections").OrderedDict,
@@ -123,10 +129,10 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch", "Size"): torch.Size,
     ("numpy", "dtype"): np.dtype,
     ("numpy", "ndarray"): np.ndarray,
-    ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): np.core.multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): np.core.multiarray.scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
+    ("numpy.core.multiarray", "scalar"): _NUMPY_SCALAR,
+    ("numpy._core.multiarray", "scalar"): _NUMPY_SCALAR,
     ("torch", "device"): torch.device,
 }
 for _name in ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool"):
