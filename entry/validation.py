@@ -27,9 +27,16 @@ def _benchmark_names() -> list[str]:
     return list(benchmark_names())
 
 
+def _encoder_names() -> list[str]:
+    from networks.encoder_registry import encoder_names
+
+    return list(encoder_names())
+
+
 # key -> (config attribute reader, known-names provider, may be unset); one row per registry-backed key.
 _RECO_KEYS: dict[str, tuple[Callable[[RecoConfig], Optional[str]], Callable[[], Iterable[str]], bool]] = {
     "dataset_name": (lambda c: c.dataset_name, _benchmark_names, True),
+    "encoder_arch": (lambda c: c.encoder_arch, _encoder_names, False),
 }
 _RECO_PLUS_KEYS: dict[str, tuple[Callable[[RecoPlusConfig], Optional[str]], Callable[[], Iterable[str]], bool]] = {
     "dataset_name": (lambda c: c.dataset_name, _benchmark_names, False),

@@ -5,7 +5,8 @@ config key it came from, and fails with one ConfigError naming both. Nothing dow
 explicit library tag (online use only).
 """
 from .clip import CLIP_ARCHS, TINY_CLIP_CONFIGS, DenseCLIP, build_clip, clip_image_size, openai_checkpoint_name
-from .encoders import ENCODER_ARCHS, DenseViT, build_encoder, interpolate_pos_embed
+from .encoder_registry import ENCODERS, EncoderSpec, encoder_names, get_encoder, register_encoder
+from .encoders import DenseViT, build_encoder, interpolate_pos_embed
 
 __all__ = [
     "CLIP_ARCHS",
@@ -14,7 +15,11 @@ __all__ = [
     "build_clip",
     "clip_image_size",
     "openai_checkpoint_name",
-    "ENCODER_ARCHS",
+    "ENCODERS",
+    "EncoderSpec",
+    "encoder_names",
+    "get_encoder",
+    "register_encoder",
     "DenseViT",
     "build_encoder",
     "interpolate_pos_embed",

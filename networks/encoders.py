@@ -1,7 +1,9 @@
 """Dense ViT encoders (SPEC 5): ImageNet-normalised images -> patch-token feature maps.
 
-The forward is ours, built from a timm model's submodules, because ReCo resizes the positional
-embedding with plain (non-antialiased) bicubic interpolation, unlike timm's `dynamic_img_size` path.
+Which encoders exist, and what each needs, is declared in `networks.encoder_registry`. For ViTs with an
+absolute positional embedding the forward is ours, built from the timm model's submodules, because
+ReCo resizes the positional embedding with plain (non-antialiased) bicubic interpolation, unlike
+timm's `dynamic_img_size` path; encoders whose spec says "library" (RoPE: DINOv3) use timm's forward.
 """
 from __future__ import annotations
 
@@ -13,14 +15,14 @@ from typing import Optional, Union
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models.deit import VisionTransformerDistilled
 from torch import nn
 
+from utils.config import ConfigError
+
+from .encoder_registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, get_encoder
 from .weights import freeze, load_state_dict_file, load_strict, resolve_weights
 
 logger = logging.getLogger("reco.networks")
-
-ENCODER_ARCHS = ("DeiT-S/16-SIN", "tiny-vit")
 
 
 def interpolate_pos_embed(
@@ -49,23 +51,29 @@ def interpolate_pos_embed(
 
 
 class DenseViT(nn.Module):
-    """(B, 3, H, W) -> (B, C, H // p, W // p): patch tokens after the final norm (SPEC 5).
+    """(B, 3, H, W) ImageNet-normalised -> (B, C, H // p, W // p): patch tokens after the final norm (SPEC 5).
 
-    Wraps a timm ViT with a CLS token and optionally a distillation token (DeiT). Pixels beyond the
-    last whole patch are dropped. Frozen: eval mode whatever `train()` is asked.
+    Wraps a timm ViT as its spec declares: class token, then distillation (DeiT) or register tokens
+    (DINOv2/v3), positional embedding per `spec.pos_embed`, input re-normalised from ImageNet's
+    statistics to the spec's when they differ. Pixels beyond the last whole patch are dropped.
+    Frozen: eval mode whatever `train()` is asked.
     """
 
-    def __init__(self, vit: nn.Module, pos_embed_by_token_count: bool = True) -> None:
+    def __init__(self, vit: nn.Module, spec: EncoderSpec) -> None:
         super().__init__()
-        if getattr(vit, "cls_token", None) is None or getattr(vit, "no_embed_class", False):
-            raise ValueError("DenseViT needs a timm ViT with a class token and class-token positions")
-        if getattr(vit, "reg_token", None) is not None:
-            raise ValueError("ViTs with register tokens are not supported")
         self.vit = freeze(vit)
-        self.patch_size: int = int(vit.patch_embed.proj.kernel_size[0])
-        self.embed_dim: int = int(vit.embed_dim)
-        self.num_prefix_tokens: int = 1 + int(getattr(vit, "dist_token", None) is not None)
-        self.pos_embed_by_token_count = pos_embed_by_token_count
+        self.spec = spec
+        self.patch_size: int = spec.patch_size
+        self.embed_dim: int = spec.embed_dim
+        self.num_prefix_tokens: int = spec.num_prefix_tokens
+        self.pos_embed_rule = spec.pos_embed
+        _check_against_spec(vit, spec)
+        # x_spec = (x_imagenet * std_in + mean_in - mean) / std = x_imagenet * scale + shift
+        self.renormalise = (tuple(spec.mean), tuple(spec.std)) != (IMAGENET_MEAN, IMAGENET_STD)
+        mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
+        in_mean, in_std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.register_buffer("input_scale", in_std / std, persistent=False)
+        self.register_buffer("input_shift", (in_mean - mean) / std, persistent=False)
         self.eval()
 
     def train(self, mode: bool = True) -> "DenseViT":
@@ -78,18 +86,62 @@ class DenseViT(nn.Module):
         h, w = images.shape[2] // p, images.shape[3] // p
         if h == 0 or w == 0:
             raise ValueError(f"images of {tuple(images.shape[2:])} are smaller than one {p}x{p} patch")
+        images = images[:, :, : h * p, : w * p]
+        if self.renormalise:
+            images = images * self.input_scale + self.input_shift
         vit = self.vit
-        # The patch conv directly: timm's PatchEmbed would insist on the 224x224 training size.
-        x = vit.patch_embed.proj(images[:, :, : h * p, : w * p])  # (B, C, h, w)
-        x = vit.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (B, h*w, C)
-        prefix = [vit.cls_token] + ([vit.dist_token] if self.num_prefix_tokens == 2 else [])
-        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)
-        x = x + interpolate_pos_embed(vit.pos_embed, self.num_prefix_tokens, (h, w), self.pos_embed_by_token_count)
-        for stage in ("pos_drop", "patch_drop", "norm_pre"):  # identities for DeiT in eval mode
-            x = getattr(vit, stage, nn.Identity())(x)
-        x = vit.norm(vit.blocks(x))
+        if self.pos_embed_rule == "library":
+            x = vit.forward_features(images)  # (B, prefix + h*w, C), after the final norm
+        else:
+            x = self._tokens(images, h, w)
         x = x[:, self.num_prefix_tokens:]
         return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)
+
+    def _tokens(self, images: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Our forward of a timm ViT with an absolute positional embedding -> (B, prefix + h*w, C)."""
+        vit = self.vit
+        # The patch conv directly: timm's PatchEmbed would insist on the training size.
+        x = vit.patch_embed.proj(images)  # (B, C, h, w)
+        x = vit.patch_embed.norm(x.flatten(2).transpose(1, 2))  # (B, h*w, C)
+        prefix = [vit.cls_token.expand(x.shape[0], -1, -1)]
+        if getattr(vit, "dist_token", None) is not None:
+            prefix.append(vit.dist_token.expand(x.shape[0], -1, -1))
+        if getattr(vit, "reg_token", None) is not None:
+            prefix.append(vit.reg_token.expand(x.shape[0], -1, -1))
+        # DINOv2 with registers (timm's no_embed_class): the positional embedding covers the patches only
+        # and is added before the prefix tokens are put in front; otherwise it covers the class/dist tokens.
+        outside = bool(getattr(vit, "no_embed_class", False))
+        pos_embed = interpolate_pos_embed(vit.pos_embed, 0 if outside else len(prefix), (h, w),
+                                          self.pos_embed_rule == "bicubic_token_count")
+        if outside:
+            x = torch.cat(prefix + [x + pos_embed], dim=1)
+        else:
+            x = torch.cat(prefix + [x], dim=1) + pos_embed
+        for stage in ("pos_drop", "patch_drop", "norm_pre"):  # identities in eval mode
+            x = getattr(vit, stage, nn.Identity())(x)
+        return vit.norm(vit.blocks(x))
+
+
+def _check_against_spec(vit: nn.Module, spec: EncoderSpec) -> None:
+    """The built module must be what the spec declares (a wrong spec entry fails here, not in a run)."""
+    kernel = getattr(getattr(getattr(vit, "patch_embed", None), "proj", None), "kernel_size", None)
+    found = {
+        "patch_size": int(kernel[0]) if kernel else None,
+        "embed_dim": int(getattr(vit, "embed_dim", -1)),
+        "num_prefix_tokens": int(getattr(vit, "num_prefix_tokens", 1 + int(getattr(vit, "dist_token", None) is not None))),
+        "num_registers": _register_count(vit),
+    }
+    declared = {k: getattr(spec, k) for k in found}
+    if found != declared:
+        raise ValueError(f"encoder {spec.name!r}: the built model has {found}, the registry entry declares {declared}")
+    if spec.pos_embed != "library" and (getattr(vit, "cls_token", None) is None or getattr(vit, "pos_embed", None) is None):
+        raise ValueError(f"encoder {spec.name!r}: pos_embed {spec.pos_embed!r} needs a ViT with a class token and an "
+                         "absolute positional embedding; use 'library' for others")
+
+
+def _register_count(vit: nn.Module) -> int:
+    reg_token = getattr(vit, "reg_token", None)  # (1, R, C) in timm's ViT and Eva
+    return 0 if reg_token is None else int(reg_token.shape[1])
 
 
 def build_encoder(
@@ -98,26 +150,39 @@ def build_encoder(
     key: str = "weights.encoder",
     device: Union[str, torch.device] = "cpu",
 ) -> DenseViT:
-    """A frozen dense encoder with `.patch_size` and `.embed_dim`.
+    """A frozen dense encoder with `.patch_size` and `.embed_dim`, as registered under `arch`.
 
-    'DeiT-S/16-SIN': timm deit_small_distilled_patch16_224; `weights` = the authors' deit_s_sin_dist.pth
-        ({"model": state_dict} or a bare state dict), loaded strictly; 'random' only when spelled out.
-    'tiny-vit': DeiT-style, patch 16, width 32, depth 2, 2 heads; 'random' (or a file made from it).
+    weights: a local checkpoint file (loaded strictly, after the spec's conversion from the authors'
+    layout), one of the spec's timm pretrained tags (downloads; online only), or 'random' (tests only;
+    spelled out).
     """
-    if arch == "DeiT-S/16-SIN":
-        expected = "the DeiT-S/16-SIN checkpoint deit_s_sin_dist.pth ({'model': state_dict})"
-    elif arch == "tiny-vit":
-        expected = "'random' for the test architecture 'tiny-vit' (or a checkpoint file made from it)"
+    spec = get_encoder(arch)
+    kind, value = resolve_weights(weights, key, spec.weights, spec.tags)  # before building: fail fast
+    if kind == "tag":
+        vit = _from_tag(spec, str(value), key)
     else:
-        raise ValueError(f"unknown encoder architecture {arch!r}; known: {list(ENCODER_ARCHS)}")
-    kind, path = resolve_weights(weights, key, expected)  # before building: fail fast on a bad path
-    if arch == "DeiT-S/16-SIN":
-        vit = timm.create_model("deit_small_distilled_patch16_224", pretrained=False)
-    else:
-        vit = VisionTransformerDistilled(img_size=224, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=0)
-    if kind == "random":
-        if arch != "tiny-vit":
-            logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
-    else:
-        load_strict(vit, load_state_dict_file(path, key), key, path)
-    return DenseViT(vit).to(device)
+        vit = _create(spec)
+        if kind == "random":
+            if not spec.test_only:
+                logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
+        else:
+            state_dict = load_state_dict_file(value, key)
+            if spec.convert_checkpoint is not None:
+                state_dict = spec.convert_checkpoint(state_dict, vit)
+            load_strict(vit, state_dict, key, value)
+    return DenseViT(vit, spec).to(device)
+
+
+def _create(spec: EncoderSpec) -> nn.Module:
+    if spec.timm_name is None:
+        return spec.architecture()
+    return timm.create_model(spec.timm_name, pretrained=False, **dict(spec.timm_kwargs))
+
+
+def _from_tag(spec: EncoderSpec, tag: str, key: str) -> nn.Module:
+    try:
+        return timm.create_model(f"{spec.timm_name}.{tag}", pretrained=True, **dict(spec.timm_kwargs))
+    except Exception as error:
+        raise ConfigError(f"{key}: could not get the '{tag}' weights of {spec.name} through timm (the download "
+                          f"failed: {type(error).__name__}: {error}). Set {key} to a local file instead: "
+                          f"{spec.weights}") from error

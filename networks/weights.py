@@ -67,13 +67,18 @@ def load_state_dict_file(
     key: str,
     nested_keys: Sequence[str] = ("model", "state_dict"),
 ) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely (weights_only) and return its state dict.
+    """Read a checkpoint safely (weights_only, or a .safetensors file) and return its state dict.
 
     Accepts a bare state dict or one nested under one of `nested_keys` (e.g. DeiT's {"model": sd},
     open_clip training checkpoints' {"state_dict": sd}); a common 'module.' prefix (DDP) is removed.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if Path(path).suffix == ".safetensors":  # the format of timm / Hugging Face hub releases
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling / zip errors come in many types
         raise ConfigError(f"{key}: cannot read {path} as a PyTorch checkpoint: {error}") from error
     if isinstance(obj, Mapping) and not _all_tensors(obj):

@@ -1,0 +1,130 @@
+"""Network registries: every entry builds (random init, or on the meta device when big) and gives
+features of its declared shape at two input sizes; adding an encoder is one entry."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import main_reco
+import networks
+from colour_models import ColourDenseCLIP, ColourCLIP, ColourTokenizer, ColourViT
+from networks.encoder_registry import ENCODERS, EncoderSpec, get_encoder, register_encoder, unregister_encoder
+from networks.encoders import DenseViT, _create, build_encoder
+from test_end_to_end import colour_world, reco_config, write_imagenet_of
+from tests.synthetic import write_cityscapes
+
+SMALL_WIDTH = 384  # entries up to this width are built for real at random init; wider ones on the meta device
+SIZES = ((56, 84), (96, 64))  # (H, W) of the two test inputs; multiples of 14 and 16 are not needed
+
+
+def _encoder(spec: EncoderSpec) -> DenseViT:
+    if spec.embed_dim <= SMALL_WIDTH:
+        return build_encoder(spec.name, "random")
+    with torch.device("meta"):  # the real architecture and forward, without allocating or computing
+        return DenseViT(_create(spec), spec)
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_every_encoder_entry_gives_its_declared_shape_at_two_sizes(name):
+    spec = get_encoder(name)
+    encoder = _encoder(spec)
+    assert (encoder.patch_size, encoder.embed_dim) == (spec.patch_size, spec.embed_dim)
+    device = "meta" if spec.embed_dim > SMALL_WIDTH else "cpu"
+    for h, w in SIZES:
+        with torch.no_grad():
+            out = encoder(torch.randn(2, 3, h, w, device=device))
+        assert tuple(out.shape) == (2, spec.embed_dim, h // spec.patch_size, w // spec.patch_size), (name, h, w)
+        if device == "cpu":
+            assert torch.isfinite(out).all()
+
+
+def test_spec_declarations_are_checked_against_the_built_model():
+    spec = get_encoder("tiny-vit")
+    wrong = EncoderSpec(name="tiny-wrong", architecture=spec.architecture, patch_size=16, embed_dim=32,
+                        num_prefix_tokens=5, num_registers=4, weights="random", test_only=True)
+    with pytest.raises(ValueError, match="registry entry declares"):
+        DenseViT(_create(wrong), wrong)
+    with pytest.raises(ValueError, match="pos_embed must be one of"):
+        EncoderSpec(name="x", architecture="y", patch_size=1, embed_dim=1, num_prefix_tokens=1, weights="",
+                    pos_embed="nearest")
+
+
+def test_encoder_renormalises_to_its_own_statistics():
+    """An encoder declared with other mean/std sees exactly the image re-normalised to those statistics."""
+    base = get_encoder("tiny-vit")
+    other = EncoderSpec(name="tiny-other-norm", architecture=base.architecture, patch_size=16, embed_dim=32,
+                        num_prefix_tokens=2, pos_embed="bicubic_token_count", weights="random", test_only=True,
+                        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    vit = _create(base)
+    plain, renormalising = DenseViT(vit, base), DenseViT(vit, other)
+    mean = torch.tensor(base.mean).view(1, 3, 1, 1)
+    std = torch.tensor(base.std).view(1, 3, 1, 1)
+    x = torch.randn(1, 3, 32, 48)
+    rgb = x * std + mean
+    with torch.no_grad():
+        torch.testing.assert_close(renormalising(x), plain((rgb - 0.5) / 0.25), atol=1e-5, rtol=1e-5)
+    assert not plain.renormalise and renormalising.renormalise
+
+
+def test_dinov2_release_layout_is_converted_on_load(tmp_path):
+    """Meta's DINOv2 file layout (register_tokens, mask_token, class position inside pos_embed) loads into
+    the registered timm architecture and gives the same features as the model it was made from."""
+    torch.manual_seed(0)
+    reference = build_encoder("DINOv2-S/14-reg", "random")
+    timm_sd = reference.vit.state_dict()
+    cls_position = torch.randn(1, 1, 384)
+    meta_sd = {k: v for k, v in timm_sd.items() if k not in ("reg_token", "cls_token", "pos_embed")}
+    meta_sd.update({"register_tokens": timm_sd["reg_token"], "mask_token": torch.zeros(1, 384),
+                    "cls_token": timm_sd["cls_token"] - cls_position,
+                    "pos_embed": torch.cat([cls_position, timm_sd["pos_embed"]], dim=1)})
+    torch.save(meta_sd, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    loaded = build_encoder("DINOv2-S/14-reg", str(tmp_path / "dinov2_vits14_reg4_pretrain.pth"))
+    x = torch.randn(1, 3, 56, 70)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), reference(x))
+
+
+def test_safetensors_weights_load(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    reference = build_encoder("tiny-vit", "random")
+    save_file(reference.vit.state_dict(), str(tmp_path / "tiny.safetensors"))
+    loaded = build_encoder("tiny-vit", str(tmp_path / "tiny.safetensors"))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+
+
+def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_path, monkeypatch):
+    """Registered by one EncoderSpec (registers, its own normalisation, the library forward), a colour-coded
+    ViT goes through the real build_encoder and DenseViT of main_reco.py and segments the scenes."""
+    from datasets import metadata
+
+    categories = metadata.categories("cityscapes")
+    vocabulary, colours = colour_world(categories + ["tree", "person"])
+    monkeypatch.setattr(networks, "build_clip", lambda arch, weights, device="cpu", precision="fp32", key="":
+                        (ColourCLIP(colours).to(device), ColourTokenizer(vocabulary, len(colours))))
+    import entry.reco_common as common
+
+    monkeypatch.setattr(common, "DenseCLIP", lambda clip_model: ColourDenseCLIP(colours))
+    # Statistics far from ImageNet's, so that a missing re-normalisation would mistake the colours.
+    mean, std = (0.2, 0.7, 0.4), (0.5, 0.1, 0.3)
+    spec = EncoderSpec(
+        name="colour-vit/8-reg2", patch_size=8, embed_dim=len(colours) + 1, num_prefix_tokens=3, num_registers=2,
+        architecture=lambda: ColourViT(colours, mean=mean, std=std), mean=mean, std=std, pos_embed="library",
+        weights="'random'", test_only=True,
+    )
+    register_encoder(spec)
+    try:
+        write_imagenet_of(tmp_path / "ImageNet2012", colours)
+        write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
+        config = reco_config(tmp_path, encoder_arch="colour-vit/8-reg2")
+        assert main_reco.main(["--config", str(config)]) == 0
+    finally:
+        unregister_encoder("colour-vit/8-reg2")
+    out = tmp_path / "ckpt" / "cityscapes" / "val" / "reco" / "colour_vit_8_reg2_in_train_ce_ta_dc" / "k003"
+    results = json.loads((out / "results.json").read_text())
+    assert results["Mean IoU"] >= 0.9, results
