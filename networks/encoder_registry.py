@@ -15,8 +15,8 @@ from timm.models import eva, vision_transformer
 from timm.models.deit import VisionTransformerDistilled
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
+
 # DINOv3's satellite models (SAT-493M) were trained with these statistics.
 SAT493M_MEAN = (0.430, 0.411, 0.296)
 SAT493M_STD = (0.213, 0.156, 0.143)
