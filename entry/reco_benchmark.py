@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from datasets import metadata
 from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
-from datasets.registry import benchmark_names
+from datasets.registry import benchmark_names, get_benchmark
 from entry.reco_common import build_dense_clip, build_encoder, compute_references
 from reco.inference import predict
 from reco.references import stack_references
+from reco.sliding import sliding_window_scores
 from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, setup_logging
@@ -41,6 +42,13 @@ def reference_pickle_path(config: RecoConfig) -> Path:
 def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
     if config.dataset_name is None:
         raise ConfigError(f"dataset_name: not set (known: {', '.join(benchmark_names())})")
+    if get_benchmark(config.dataset_name).protocol == "ovss":
+        from entry.reco_ovss import run_ovss_benchmark
+
+        return run_ovss_benchmark(config, split, references_only)
+    if config.background.mode != "none":
+        raise ConfigError(f"background.mode: {config.background.mode!r} applies to the open-vocabulary benchmarks "
+                          f"with a background class only; {config.dataset_name} has none")
     require_dir(config, "dir_dataset")
     device = resolve_device(config.device)
     run_dir = run_dir_of(config, split)
@@ -69,6 +77,15 @@ def load_or_compute_references(config, categories, device, encoder, dense, run_d
     if path.is_file():
         logger.info("reading reference embeddings from %s", path)
         return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
+    references = compute_references(config, categories, device, encoder, dense,
+                                    on_reference=cosegmentation_visualiser(run_dir))
+    save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
+    logger.info("wrote reference embeddings to %s", path)
+    return references
+
+
+def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, torch.Tensor], None]:
+    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps."""
 
     def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
         size = tuple(images.shape[-2:])
@@ -76,10 +93,7 @@ def load_or_compute_references(config, categories, device, encoder, dense, run_d
         save_cosegmentation(run_dir / f"coseg_{name}.png", denormalise_image(images[:5].cpu()),
                             maps.cpu().numpy(), title=name)
 
-    references = compute_references(config, categories, device, encoder, dense, on_reference=visualise)
-    save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
-    logger.info("wrote reference embeddings to %s", path)
-    return references
+    return visualise
 
 
 def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Path) -> dict[str, torch.Tensor]:
@@ -108,8 +122,9 @@ def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Pat
 class _SkipUnreadable(Dataset):
     """Wraps a benchmark so an unreadable image becomes a counted, logged skip instead of a crash."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, fatal: tuple[type[Exception], ...] = ()) -> None:
         self.dataset = dataset
+        self.fatal = fatal  # errors that stop the run instead (a dataset broken as a whole)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -117,6 +132,8 @@ class _SkipUnreadable(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             return self.dataset[index]
+        except self.fatal:
+            raise
         except (OSError, ValueError) as e:
             return {"error": f"{self.dataset.image_paths[index]}: {e}"}
 
@@ -158,7 +175,8 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
             resumed += len(pred)
         else:
             pred, pred_crf = _predict_batch(batch["image"], device, encoder, references, dense_clip, text,
-                                            lut, crf_backend, config.crf_workers or config.n_workers)
+                                            lut, crf_backend, config.crf_workers or config.n_workers,
+                                            config.slide_window, config.slide_stride)
         scores.update(labels, pred)
         scores_crf.update(labels, pred_crf)
         if save_masks and saved is None:
@@ -185,10 +203,12 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
 
 
-def _predict_batch(images, device, encoder, references, dense_clip, text, lut, crf_backend, crf_workers):
+def _predict_batch(images, device, encoder, references, dense_clip, text, lut, crf_backend, crf_workers,
+                   slide_window=None, slide_stride=112):
     """ReCo and ReCo + CRF label maps (B, H, W) of a batch, in the scored classes (numpy int64)."""
     images = images.to(device, non_blocking=True)
-    probabilities = predict(images, encoder, references, dense_clip, text)  # (B, N, H, W)
+    probabilities = sliding_window_scores(  # (B, N, H, W); slide_window None: one pass, as the paper
+        images, lambda crop: predict(crop, encoder, references, dense_clip, text), slide_window, slide_stride)
     refined = dense_crf_batch(denormalise_image(images.cpu()), torch.log_softmax(probabilities, dim=1),
                               backend=crf_backend, n_workers=crf_workers)
     pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)

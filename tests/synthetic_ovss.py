@@ -30,7 +30,7 @@ SCENE_CLASS_NAMES: dict[str, dict[str, Optional[str]]] = {
     "cityscapes19": {"road": "road", "building": "building", "vegetation": "vegetation", "sky": "sky", "car": "car"},
     "ade20k150": {"road": "road", "building": "building", "vegetation": "tree", "sky": "sky", "car": "car"},
 }
-DEFAULT_SIZES = ((48, 64), (56, 72))
+DEFAULT_SIZES = ((96, 128), (104, 136))
 
 
 def label_values(dataset_name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,24 @@ class RecoWeights:
 
 
 @dataclass(frozen=True)
+class BackgroundConfig:
+    """How the background class of voc21, context60 and coco_object is scored (the other benchmarks: none)."""
+
+    mode: Literal["none", "threshold", "synonyms"] = "none"
+    threshold: float = 0.5              # mode threshold: background where no class scores above this
+    synonyms: Optional[list[str]] = None  # mode synonyms: names queried for the background; None: the class list's
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"'background.threshold' must be in [0, 1] (ReCo scores are), got {self.threshold}")
+        if self.synonyms is not None:
+            if not self.synonyms or any(not s.strip() for s in self.synonyms):
+                raise ConfigError("'background.synonyms' must be a non-empty list of non-empty names")
+            if len(set(self.synonyms)) != len(self.synonyms):
+                raise ConfigError(f"'background.synonyms' repeats names: {self.synonyms}")
+
+
+@dataclass(frozen=True)
 class RecoConfig:
     # --- keys of the original ReCo YAML files
     dir_ckpt: str
@@ -67,6 +85,20 @@ class RecoConfig:
     categories: Optional[list[str]] = None      # own images: class names (also --categories)
     reference_cache_dir: Optional[str] = None   # per-category reference cache; None -> {dir_ckpt}/references
     image_short_side: Optional[int] = 320       # own images: shorter side for inference; None -> full size
+    # --- open-vocabulary benchmarks (voc21 ... ade20k150); the original three keep their own geometry
+    eval_short_side: int = 336                  # shorter side the image is resized to for inference
+    eval_long_side_max: int = 2048              # ... unless the long side would exceed this
+    slide_window: Optional[int] = None          # sliding-window size in pixels; None: one pass (any benchmark)
+    slide_stride: int = 112                     # step between windows
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("eval_short_side", "eval_long_side_max", "slide_stride"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be >= 1, got {getattr(self, key)}")
+        if self.slide_window is not None and not 1 <= self.slide_stride <= self.slide_window:
+            raise ConfigError(f"'slide_stride' must be between 1 and slide_window ({self.slide_window}), "
+                              f"got {self.slide_stride}: windows would leave pixels uncovered")
 
     @property
     def experiment_name(self) -> str:

@@ -1,0 +1,175 @@
+"""Open-vocabulary benchmark stage of main_reco.py (voc21 ... ade20k150), under the peers' protocol.
+
+Per batch of equal-size images: the shorter side is resized to `eval_short_side` (long side capped at
+`eval_long_side_max`); every query name is scored by ReCo (dense encoder x DenseCLIP text attention) in
+sliding windows (`slide_window`, `slide_stride`); a class scores the max of its names; the background is
+scored by `background.mode`; the class scores are resized bilinearly to the label's full resolution and
+scored. The CRF refines the class scores at the inference resolution and is resized the same way.
+
+Reference embeddings come from the per-category cache (`reference_cache_dir`), so a class name met in
+another benchmark (VOC and Context share most) or an own-image run is not recomputed, and only the (C,)
+vectors are kept. No reference pickle is written into `dir_dataset`: several benchmarks share a root.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets import metadata
+from datasets.benchmarks import AnnotationMismatchError, build_benchmark, size_grouped_batches
+from entry.reco_benchmark import _collate_readable, _SkipUnreadable, cosegmentation_visualiser, run_dir_of
+from entry.reco_common import build_dense_clip, build_encoder, compute_references
+from reco.inference import predict
+from reco.ovss import benchmark_queries, ovss_class_scores, query_list
+from reco.references import stack_references
+from reco.sliding import protocol_size, resize_images, sliding_window_scores
+from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
+from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.device import resolve_device, setup_logging
+from utils.io import atomic_write, save_json
+from utils.metrics import RunningScore, named_scores
+from utils.visualise import save_panels
+
+logger = logging.getLogger("reco")
+
+
+@dataclass(frozen=True)
+class OvssProtocol:
+    """What a config asks of one benchmark: classes, the names queried, and how background is scored."""
+
+    class_names: list[str]
+    queries: list[str]                  # every name queried, once (reference embeddings are per name)
+    members: list[list[int]]            # per class, indices into `queries` (empty: threshold background)
+    background_index: Optional[int]
+    threshold: Optional[float]          # set in threshold mode
+
+
+def ovss_protocol(config: RecoConfig) -> OvssProtocol:
+    """The benchmark's class list under the config's background mode (a mismatch names the config key)."""
+    classes = metadata.ovss_classes(config.dataset_name)
+    names = [c.name for c in classes]
+    background = metadata.ovss_background(config.dataset_name)
+    background_index = None if background is None else names.index(background)
+    mode = config.background.mode
+    if (background_index is None) != (mode == "none"):
+        raise ConfigError(
+            f"background.mode: {config.dataset_name} " + (
+                f"has a background class: set 'threshold' or 'synonyms' (got {mode!r})" if background_index is not None
+                else f"has no background class: set 'none' (got {mode!r})"))
+    per_class = benchmark_queries([c.queries for c in classes], background_index, mode, config.background.synonyms)
+    queries, members = query_list(per_class)
+    return OvssProtocol(names, queries, members, background_index,
+                        config.background.threshold if mode == "threshold" else None)
+
+
+def protocol_tag(config: RecoConfig) -> str:
+    """Run sub-directory naming the protocol settings, so runs of other settings never overwrite it."""
+    tag = f"short{config.eval_short_side}"
+    tag += f"_slide{config.slide_window}s{config.slide_stride}" if config.slide_window else "_whole"
+    background = config.background
+    if background.mode == "threshold":
+        tag += f"_bgthr{background.threshold:g}"
+    elif background.mode == "synonyms":
+        names = "\n".join(background.synonyms) if background.synonyms is not None else "default"
+        tag += "_bgsyn_" + hashlib.sha1(names.encode()).hexdigest()[:6]
+    return tag
+
+
+def ovss_run_dir(config: RecoConfig, split: str = "val") -> Path:
+    """{dir_ckpt}/{dataset_name}/{split}/reco/{experiment}[_dc]/k{n_imgs:03d}/{protocol tag}."""
+    return run_dir_of(config, split) / protocol_tag(config)
+
+
+def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
+    require_dir(config, "dir_dataset")
+    protocol = ovss_protocol(config)
+    device = resolve_device(config.device)
+    run_dir = ovss_run_dir(config, split)
+    setup_logging(run_dir / "reco.log")
+    logger.info("ReCo on %s %s (%d classes, %d query names) -> %s (device %s)", config.dataset_name, split,
+                len(protocol.class_names), len(protocol.queries), run_dir, device)
+    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split}, sort_keys=True)
+    dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
+
+    encoder = build_encoder(config, device)
+    dense = build_dense_clip(config, device)
+    references = compute_references(config, protocol.queries, device, encoder, dense,
+                                    on_reference=cosegmentation_visualiser(run_dir))
+    if references_only:
+        return {}
+    text = dense.embed_text(protocol.queries) if dense is not None and config.dense_clip_inference else None
+    matrix = stack_references(references, protocol.queries).to(device)
+    del references
+    return evaluate_ovss(config, dataset, protocol, run_dir, device, encoder, matrix,
+                         dense.dense_clip if text is not None else None, text)
+
+
+@torch.no_grad()
+def evaluate_ovss(config, dataset, protocol: OvssProtocol, run_dir: Path, device, encoder, references,
+                  dense_clip, text) -> dict[str, Any]:
+    """Score every val image with and without the CRF; write results.json, results_crf.json and panels."""
+    n_classes = len(protocol.class_names)
+    palette = metadata.palette(config.dataset_name)
+    crf_backend = resolve_crf_backend(config.crf_backend, device)
+    scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
+    loader = DataLoader(
+        _SkipUnreadable(dataset, fatal=(AnnotationMismatchError,)), num_workers=config.n_workers,
+        pin_memory=device.type == "cuda", collate_fn=_collate_readable,
+        batch_sampler=size_grouped_batches(dataset.image_sizes(), config.batch_size),
+    )
+
+    def score_window(crop: torch.Tensor) -> torch.Tensor:
+        return predict(crop, encoder, references, dense_clip, text)
+
+    skipped: list[str] = []
+    for i, batch in enumerate(tqdm(loader, desc=f"ReCo {config.dataset_name}", unit="batch")):
+        skipped += batch["errors"]
+        for error in batch["errors"]:
+            logger.warning("skipped unreadable image %s", error)
+        if batch["image"] is None:
+            continue
+        images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
+        full_size = tuple(images.shape[-2:])
+        resized = resize_images(images, protocol_size(*full_size, config.eval_short_side, config.eval_long_side_max))
+        query_scores = sliding_window_scores(resized, score_window, config.slide_window, config.slide_stride)
+        class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
+                                         protocol.threshold)  # (B, C, h, w)
+        del query_scores
+        refined = dense_crf_batch(denormalise_image(resized.cpu()), torch.log_softmax(class_scores, dim=1),
+                                  backend=crf_backend, n_workers=config.crf_workers or config.n_workers)
+        for j in range(len(images)):  # one image at a time at full resolution bounds memory
+            pred = _full_resolution_argmax(class_scores[j], full_size)
+            pred_crf = _full_resolution_argmax(refined[j].to(device), full_size)
+            label = batch["label"][j]
+            scores.update(label, pred)
+            scores_crf.update(label, pred_crf)
+            if i < config.n_visualisations and j == 0:
+                rgb = denormalise_image(batch["image"][:1])[0]
+                save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette)
+
+    results = named_scores(scores.scores(), protocol.class_names)
+    results_crf = named_scores(scores_crf.scores(), protocol.class_names)
+    save_json(run_dir / "results.json", results)
+    save_json(run_dir / "results_crf.json", results_crf)
+    if skipped:
+        with atomic_write(run_dir / "skipped_images.txt", "w") as f:
+            f.write("\n".join(skipped) + "\n")
+        logger.warning("%d unreadable images skipped, listed in %s", len(skipped), run_dir / "skipped_images.txt")
+    logger.info("%s: mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", config.dataset_name,
+                results["Mean IoU"], results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
+    return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
+
+
+def _full_resolution_argmax(scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) scores -> (H, W) int64 labels of the bilinearly resized scores."""
+    resized = F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)
+    return resized[0].argmax(dim=0).cpu().numpy()
