@@ -12,14 +12,14 @@ networks from it and hand them, as plain arguments, to the algorithm in reco/.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
 from entry.validation import check_reco_names  # noqa: E402
-from utils.config import ConfigError, load_reco_config  # noqa: E402
+from utils.config import load_reco_config  # noqa: E402
 from utils.device import seed_everything, setup_logging  # noqa: E402
 
 
@@ -42,29 +42,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
-        check_reco_names(config)
-        seed_everything(config.seed)
-        if args.stage == "index":
-            from entry.reco_index import run_index_stage
+    return run_reporting_errors(lambda: run(args), args.config)
 
-            run_index_stage(config)
-        elif args.images is not None:
-            from entry.reco_own_images import run_own_images
 
-            run_own_images(config, args.images, args.categories, args.out, crf=config.crf and not args.no_crf)
-        else:
-            from entry.reco_benchmark import run_benchmark
+def run(args: argparse.Namespace) -> None:
+    check_device_argument(args.device)
+    config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
+    check_reco_names(config)
+    seed_everything(config.seed)
+    if args.stage == "index":
+        from entry.reco_index import run_index_stage
 
-            run_benchmark(config, split=args.split, references_only=args.stage == "references")
-    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
-        if os.environ.get("RECO_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        print("(set RECO_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
-    return 0
+        run_index_stage(config)
+    elif args.images is not None:
+        from entry.reco_own_images import run_own_images
+
+        run_own_images(config, args.images, args.categories, args.out, crf=config.crf and not args.no_crf)
+    else:
+        from entry.reco_benchmark import run_benchmark
+
+        run_benchmark(config, split=args.split, references_only=args.stage == "references")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from datasets.pseudo_masks import PseudoMaskError  # noqa: E402
 from entry.reco_plus import evaluate_weights, train_run  # noqa: E402
+from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
 from entry.validation import check_reco_plus_names  # noqa: E402
-from utils.config import ConfigError, load_reco_plus_config  # noqa: E402
+from utils.config import load_reco_plus_config  # noqa: E402
 from utils.device import setup_logging  # noqa: E402
 from utils.distributed import cleanup  # noqa: E402
 
@@ -40,17 +40,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        config = check_reco_plus_names(load_reco_plus_config(args.config, {"device": args.device}))
-        if args.weights is not None:
-            evaluate_weights(config, args.weights)
-        else:
-            train_run(config, stop_at=args.stop_at)
-    except (ConfigError, PseudoMaskError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return run_reporting_errors(lambda: run(args), args.config)
     finally:
         cleanup()
-    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    check_device_argument(args.device)
+    config = check_reco_plus_names(load_reco_plus_config(args.config, {"device": args.device}))
+    if args.weights is not None:
+        evaluate_weights(config, args.weights)
+    else:
+        train_run(config, stop_at=args.stop_at)
 
 
 if __name__ == "__main__":

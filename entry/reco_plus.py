@@ -26,7 +26,7 @@ from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_di
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, seed_everything, setup_logging
 from utils.distributed import env_rank, init_distributed, is_distributed
-from utils.io import atomic_write, save_json, torch_save
+from utils.io import atomic_write, describe_exception, save_json, strict_json_value, torch_save
 from utils.metrics import named_scores
 from utils.visualise import plot_training_curves, save_panels
 
@@ -91,7 +91,11 @@ def write_config(config: RecoPlusConfig, run_dir: Path) -> None:
 # ------------------------------------------------------------------------------------------- evaluation
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load a plain state_dict (or our last.pt) strictly; 'module.' prefixes of DDP checkpoints are dropped."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many types on a file that is not a checkpoint
+        raise ConfigError(f"--weights: cannot read {path} as a PyTorch state_dict ({describe_exception(e)}); "
+                          "expected a DeepLabv3+ state_dict written by torch.save") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict):
@@ -137,7 +141,7 @@ class RunHooks(TrainHooks):
     def _append(self, record: dict) -> None:
         self.records.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(strict_json_value(record), allow_nan=False) + "\n")
 
     def on_log(self, record: dict) -> None:
         if self.records is not None:
@@ -173,7 +177,7 @@ def read_records(run_dir: Path, up_to: int) -> list[dict]:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     records = [r for r in records if r.get("iteration", 0) <= up_to]
     with atomic_write(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.writelines(json.dumps(strict_json_value(r), allow_nan=False) + "\n" for r in records)
     return records
 
 
@@ -228,7 +232,11 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     start, best = 0, 0.0
     if (run_dir / "last.pt").is_file():
-        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # a damaged or foreign last.pt: say so, and how to start afresh
+            raise ConfigError(f"{run_dir / 'last.pt'} cannot be read ({describe_exception(e)}); move it away "
+                              "to start afresh") from None
         try:
             start, best = restore_training_state(state, model, optimizer, scheduler, scaler, rank)
         except (RuntimeError, ValueError, KeyError) as e:

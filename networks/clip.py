@@ -22,6 +22,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
 from utils.config import ConfigError
+from utils.io import describe_exception
 
 from .weights import freeze, is_torchscript_archive, load_state_dict_file, load_strict, resolve_weights
 
@@ -207,7 +208,8 @@ def _from_openai_archive(path: Path, device: torch.device, precision: str, key: 
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
             return open_clip.openai.load_openai_model(str(path), precision=precision, device=str(device))
     except Exception as error:
-        raise ConfigError(f"{key}: cannot load {path} as an OpenAI CLIP checkpoint: {error}") from error
+        raise ConfigError(f"{key}: cannot load {path} as an OpenAI CLIP checkpoint "
+                          f"({describe_exception(error)})") from error
 
 
 def _from_tag(arch: str, name: str, tag: str, device: torch.device, precision: str, key: str) -> CLIP:

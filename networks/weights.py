@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from utils.config import ConfigError
+from utils.io import describe_exception
 
 RANDOM = "random"
 WeightsKind = Literal["random", "file", "tag"]
@@ -80,7 +81,8 @@ def load_state_dict_file(
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling / zip errors come in many types
-        raise ConfigError(f"{key}: cannot read {path} as a PyTorch checkpoint: {error}") from error
+        raise ConfigError(f"{key}: cannot read {path} as a PyTorch checkpoint ({describe_exception(error)}); "
+                          f"expected a file written by torch.save") from error
     if isinstance(obj, Mapping) and not _all_tensors(obj):
         for nested in nested_keys:
             if isinstance(obj.get(nested), Mapping):

@@ -12,7 +12,7 @@
 set -euo pipefail
 
 BASE="https://www.robots.ox.ac.uk/~vgg/research/reco/shared_files"
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 1; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 2 ] || usage
 dataset="$1"; dir="$2"; shift 2
 with_index=0

@@ -6,6 +6,9 @@
 # Works from the repository root, from scripts/ or from anywhere else. Set CONFIG to use another YAML file,
 # PYTHON to use another interpreter. Multi-GPU training: torchrun --nproc_per_node N main_reco_plus.py --config ...
 set -euo pipefail
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+[ $# -ge 1 ] || usage
+case "$1" in -h|--help) usage ;; esac
 dataset="$1"; shift
 args=()
 if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then

@@ -75,8 +75,9 @@ def test_channel_order_matters(fixture, fixture_image, backend):
 
 def test_image_as_tensor_and_auto_backend(fixture, fixture_image):
     logits = torch.from_numpy(fixture["log_probs"])
-    q = dense_crf(torch.from_numpy(fixture_image), logits, backend="auto")  # CPU -> pydensecrf
-    np.testing.assert_allclose(q.numpy(), fixture["Q"], atol=1e-5, rtol=0)
+    q = dense_crf(torch.from_numpy(fixture_image), logits, backend="auto")  # CPU -> the torch port
+    np.testing.assert_allclose(q.numpy(), fixture["Q"], atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(q.numpy().argmax(0), fixture["Q"].argmax(0))
 
 
 def test_logits_are_resized_bilinearly(fixture_image):
@@ -90,7 +91,7 @@ def test_logits_are_resized_bilinearly(fixture_image):
 
 
 def test_resolve_backend():
-    assert resolve_crf_backend("auto", "cpu") == "pydensecrf"
+    assert resolve_crf_backend("auto", "cpu") == "torch"  # faster than the pydensecrf pool, same labels
     assert resolve_crf_backend("auto", torch.device("cuda:0")) == "torch"
     assert resolve_crf_backend("auto", "cuda") == "torch"
     assert resolve_crf_backend("torch", "cpu") == "torch"

@@ -304,11 +304,11 @@ def test_entry_errors_are_clear(cityscapes_tree, tmp_path, capsys):
     tree = cityscapes_tree
     cfg = _config(tree, tmp_path / "c.yaml", tmp_path / "c", dir_pseudo_masks=str(tmp_path / "missing"))
     assert main_reco_plus.main(["--config", str(cfg)]) == 2
-    assert "error: dir_pseudo_masks: directory not found" in capsys.readouterr().err
+    assert "c.yaml: dir_pseudo_masks: directory not found" in capsys.readouterr().err
     cfg = _config(tree, tmp_path / "c.yaml", tmp_path / "c", dir_dataset=str(tmp_path / "empty"))
     (tmp_path / "empty").mkdir()
     assert main_reco_plus.main(["--config", str(cfg)]) == 2
-    assert "error: dir_dataset:" in capsys.readouterr().err
+    assert "c.yaml: dir_dataset:" in capsys.readouterr().err
     cfg = _config(tree, tmp_path / "c.yaml", tmp_path / "c", weights={"backbone": None})
     assert main_reco_plus.main(["--config", str(cfg)]) == 2
     assert "weights.backbone" in capsys.readouterr().err

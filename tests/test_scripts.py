@@ -26,6 +26,6 @@ def test_wrapper_runs_the_entry_script(tmp_path, script, cwd):
     result = subprocess.run(["bash", path], cwd=directory, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     if script.startswith("reco_plus"):  # the backbone weights are checked first
-        assert "error: weights.backbone: not set" in result.stderr
+        assert "c.yaml: weights.backbone: not set" in result.stderr  # the message names the config file
     else:
         assert "dir_dataset" in result.stderr and "no_dataset_here" in result.stderr

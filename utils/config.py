@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,9 +70,9 @@ class RecoConfig:
     text_attention: bool = True
     # --- added keys
     weights: RecoWeights = field(default_factory=RecoWeights)
-    device: str = "auto"
+    device: str = "auto"                # auto | cpu | cuda | cuda:N (checked when the config loads)
     seed: int = 0
-    suffix: str = ""                    # appended to the experiment name (the original --suffix)
+    suffix: str = ""                    # appended to the experiment name after one '_' ('_try' and 'try' alike)
     crf_backend: Literal["auto", "pydensecrf", "torch"] = "auto"
     crf_workers: Optional[int] = None   # processes of the pydensecrf pool; None -> n_workers
     crf: bool = True                    # own images: refine with the dense CRF
@@ -106,7 +107,8 @@ class RecoConfig:
         parts = [self.encoder_arch.replace("-", "_").replace("/", "_").lower(), f"in_{self.imagenet_split}"]
         parts += ["ce"] if self.context_elimination else []
         parts += ["ta"] if self.text_attention else []
-        parts += [self.suffix] if self.suffix else []
+        suffix = self.suffix.lstrip("_")  # '_try' and 'try' both give ..._try, never ...__try
+        parts += [suffix] if suffix else []
         return "_".join(parts)
 
     @property
@@ -164,6 +166,17 @@ def load_reco_plus_config(path: str | os.PathLike, overrides: Optional[dict[str,
     return _load(RecoPlusConfig, path, overrides)
 
 
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
+def check_device_name(value: Any, key: str = "device") -> str:
+    """`value` if it is a device this project runs on (auto, cpu, cuda, cuda:N), else a ConfigError naming `key`."""
+    if not isinstance(value, str) or not _DEVICE_PATTERN.fullmatch(value):
+        raise ConfigError(f"{key}: {value!r} is not a device; use {DEVICE_NAMES}")
+    return value
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain dict of a config (for writing the resolved config into a run directory)."""
     return dataclasses.asdict(config)
@@ -204,7 +217,9 @@ def _load(cls: type, path: str | os.PathLike, overrides: Optional[dict[str, Any]
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return _build(cls, raw, prefix="")
+        config = _build(cls, raw, prefix="")
+        check_device_name(config.device)
+        return config
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

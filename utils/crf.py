@@ -34,9 +34,13 @@ ArrayLike = Union[np.ndarray, Tensor]
 
 
 def resolve_crf_backend(name: str, device: Union[str, torch.device, None] = None) -> str:
-    """'auto' -> 'torch' on CUDA devices, 'pydensecrf' otherwise; explicit names are returned as-is."""
+    """'auto' -> 'torch' on every device; explicit names are returned as-is.
+
+    The torch port gives pydensecrf's labels and, on a CPU, runs 1.4x to 2.5x faster than the pydensecrf
+    process pool (benchmarks/crf.py), so it is the default on CPUs too; `device` is kept for callers.
+    """
     if name == "auto":
-        return "torch" if device is not None and torch.device(device).type == "cuda" else "pydensecrf"
+        return "torch"
     if name not in BACKENDS:
         raise ValueError(f"unknown CRF backend {name!r}; expected 'auto', 'pydensecrf' or 'torch'")
     return name

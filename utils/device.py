@@ -21,7 +21,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: '{name}' requested but CUDA is not available (use 'auto' or 'cpu')")
+        why = ("this torch build has no CUDA support" if torch.version.cuda is None
+               else f"torch (CUDA {torch.version.cuda}) finds no GPU or driver")
+        raise ValueError(f"device: '{name}' requested but CUDA is not available ({why}); use 'auto' or 'cpu'")
     return device
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -46,11 +47,38 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def strict_json_value(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float replaced by None, so that it is strict JSON (RFC 8259).
+
+    Metrics of a class absent from both ground truth and prediction are NaN: they become null.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return strict_json_value(obj.item())
+    if isinstance(obj, dict):
+        return {key: strict_json_value(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_value(value) for value in obj]
+    return obj
+
+
 def save_json(path: str | os.PathLike, obj: Any, indent: int = 2, sort_keys: bool = False) -> None:
-    """Atomically write JSON; NaN is written as the bare token NaN, as the original did."""
+    """Atomically write strict JSON: NaN and infinities are written as null (see strict_json_value)."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=indent, sort_keys=sort_keys, allow_nan=True)
+        json.dump(strict_json_value(obj), f, indent=indent, sort_keys=sort_keys, allow_nan=False)
         f.write("\n")
+
+
+def describe_exception(error: BaseException) -> str:
+    """One line saying what went wrong: the type and the first line of the message.
+
+    Some readers raise errors whose message alone says nothing (torch.load of a text file raises
+    KeyError: 101, of random bytes IndexError); others span many lines (torch's weights_only refusal).
+    """
+    lines = str(error).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
