@@ -19,7 +19,7 @@ from datasets import metadata
 from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
 from datasets.pseudo_masks import PseudoMaskError, build_pseudo_mask_dataset
 from networks.deeplab import build_segmentor
-from reco_plus import (EvalResult, PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings,
+from reco_plus import (NO_EVALUATION, EvalResult, PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings,
                        build_optimizer, evaluate, restore_training_state, train)
 from reco_plus.ddp import any_rank, gather_rng_states, wrap_ddp
 from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_dir, require_file
@@ -194,6 +194,31 @@ def check_backbone_weights(config: RecoPlusConfig) -> Optional[str]:
     return value
 
 
+def resume(run_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           scaler: Optional[torch.amp.GradScaler], rank: int, config: RecoPlusConfig) -> tuple[int, float]:
+    """(completed iterations, best CRF mIoU) of the run in run_dir, restored from its last.pt if any."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return 0, NO_EVALUATION
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign last.pt: say so, and how to start afresh
+        raise ConfigError(f"{path} cannot be read ({describe_exception(e)}); move it away to start afresh") from None
+    try:
+        start, best = restore_training_state(state, model=model, optimizer=optimizer, scaler=scaler, rank=rank)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{path} cannot be resumed with this config (segmentor_name / dataset_name changed?); "
+                          f"move it away to start afresh: {e}") from None
+    schedule = state.get("scheduler") or {}
+    if (schedule.get("max_iters"), schedule.get("min_lr")) != (config.iter_train, config.min_lr):
+        logger.warning("iter_train/min_lr changed since last.pt (%s/%s): the schedule now follows the config",
+                       schedule.get("max_iters"), schedule.get("min_lr"))
+    if not (run_dir / "best_model.pt").is_file():
+        best = NO_EVALUATION  # so that the next evaluation writes it
+    logger.info("resuming from %s at iteration %d (best CRF mIoU %.4f)", path, start, best)
+    return start, best
+
+
 def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str, Any]:
     rank, world_size, local_rank = init_distributed()  # rank 0 evaluates while the others wait (2 h timeout)
     is_main = rank == 0
@@ -227,26 +252,11 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     except ValueError as e:
         raise ConfigError(str(e)) from None
     optimizer = build_optimizer(model, config.lr, config.backbone_lr_ratio, config.weight_decay)
-    scheduler = PolyLR(optimizer, config.iter_train, power=0.9, min_lr=config.min_lr)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    start, best = 0, 0.0
-    if (run_dir / "last.pt").is_file():
-        try:
-            state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-        except Exception as e:  # a damaged or foreign last.pt: say so, and how to start afresh
-            raise ConfigError(f"{run_dir / 'last.pt'} cannot be read ({describe_exception(e)}); move it away "
-                              "to start afresh") from None
-        try:
-            start, best = restore_training_state(state, model, optimizer, scheduler, scaler, rank)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(f"{run_dir / 'last.pt'} cannot be resumed with this config (segmentor_name / "
-                              f"dataset_name changed?); move it away to start afresh: {e}") from None
-        if (scheduler.max_iters, scheduler.min_lr) != (config.iter_train, config.min_lr):
-            logger.warning("iter_train/min_lr changed since last.pt (%d/%g): the schedule now follows the config",
-                           scheduler.max_iters, scheduler.min_lr)
-            scheduler.max_iters, scheduler.min_lr = config.iter_train, config.min_lr
-        logger.info("resuming from %s at iteration %d (best CRF mIoU %.4f)", run_dir / "last.pt", start, best)
+    start, best = resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, rank=rank, config=config)
+    # Built after resuming, at the resumed iteration: the learning rates follow the config's schedule.
+    scheduler = PolyLR(optimizer, config.iter_train, power=0.9, min_lr=config.min_lr, last_epoch=start - 1)
     records = read_records(run_dir, start) if is_main else []
     if is_main:
         write_config(config, run_dir)
@@ -275,8 +285,9 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     try:
         with logging_redirect_tqdm(loggers=[logger]), tqdm(total=config.iter_train, initial=start, disable=not is_main,
                                                            desc="ReCo+", unit="it", dynamic_ncols=True) as bar:
-            result = train(model, optimizer, scheduler, iter(loader), settings, device, evaluate_fn, hooks, start,
-                           best, scaler, bar, is_main, gather_rng_states)
+            result = train(model=model, optimizer=optimizer, scheduler=scheduler, batches=iter(loader),
+                           settings=settings, device=device, evaluate=evaluate_fn, hooks=hooks, start_iteration=start,
+                           best_miou=best, scaler=scaler, progress=bar, is_main=is_main, gather_rng=gather_rng_states)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -1,7 +1,8 @@
 """What a resumable ReCo+ checkpoint holds, as plain dicts (the entry writes them with utils.io).
 
 `training_state` collects model, optimiser, scheduler, grad scaler, iteration, best CRF mIoU and the RNG
-states of python / numpy / torch (CPU and CUDA); `restore_training_state` puts everything back. The
+states of python / numpy / torch (CPU and CUDA); `restore_training_state` puts everything back but the
+scheduler, which the caller builds at the resumed iteration. The
 data order needs no state of its own: it is a function of (seed, iteration) (see sampling.py).
 """
 from __future__ import annotations
@@ -64,18 +65,20 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler
     }
 
 
-def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                           scheduler: Any, scaler: Optional[torch.amp.GradScaler], rank: int = 0) -> tuple[int, float]:
+def restore_training_state(state: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                           scaler: Optional[torch.amp.GradScaler], rank: int = 0) -> tuple[int, float]:
     """Load a `training_state` dict into the given objects; returns (iteration, best_miou).
 
-    The RNG state of `rank` is restored when the checkpoint holds one for it (same world size);
-    otherwise the caller's seeding stays in effect (resume then is reproducible but not bit-identical).
+    The scheduler is not restored: the caller builds it afterwards at the returned iteration (PolyLR's
+    learning rates are a function of the iteration; the saved `state["scheduler"]` records the schedule
+    the run was started with). The RNG state of `rank` is restored when the checkpoint holds one for it
+    (same world size); otherwise the caller's seeding stays in effect (resume then is reproducible but
+    not bit-identical).
     """
     if state.get("format") != FORMAT:
         raise ValueError(f"not a ReCo+ training checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
     unwrap(model).load_state_dict(state["model"], strict=True)
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     rng = state.get("rng") or []

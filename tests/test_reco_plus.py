@@ -20,8 +20,8 @@ from datasets.augmentations import augment, base_geometry, gaussian_blur, sample
 from datasets.pseudo_masks import PseudoMaskDataset, PseudoMaskError, build_pseudo_mask_dataset, pair_pseudo_masks
 from datasets.transforms import label_geometry
 from networks.deeplab import build_segmentor
-from reco_plus import (PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings, build_optimizer, evaluate,
-                       train)
+from reco_plus import (EvalResult, PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings, build_optimizer,
+                       evaluate, train)
 from synthetic import write_cityscapes, write_coco_stuff, write_kitti_step
 from utils.config import load_reco_plus_config
 from utils.io import save_png
@@ -55,6 +55,67 @@ def test_poly_lr_matches_the_original(fixtures_dir):
                      max_iters=20000)
     resumed.load_state_dict(scheduler.state_dict())
     assert resumed.last_epoch == 20000
+
+
+def test_poly_lr_built_after_resuming_continues_the_schedule():
+    """The entry builds the scheduler after loading the optimiser, at the resumed iteration."""
+    def make():
+        params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+        return torch.optim.Adam([{"params": [params[0]], "lr": 5e-5}, {"params": [params[1]], "lr": 5e-4}])
+
+    optimizer = make()
+    scheduler = PolyLR(optimizer, max_iters=100, min_lr=1e-6)
+    for _ in range(37):
+        optimizer.step()
+        scheduler.step()
+    resumed_optimizer = make()
+    resumed_optimizer.load_state_dict(optimizer.state_dict())
+    resumed = PolyLR(resumed_optimizer, max_iters=100, min_lr=1e-6, last_epoch=37 - 1)
+    assert resumed.last_epoch == 37
+    assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    for _ in range(5):
+        for opt, sched in ((optimizer, scheduler), (resumed_optimizer, resumed)):
+            opt.step()
+            sched.step()
+    assert [g["lr"] for g in resumed_optimizer.param_groups] == [g["lr"] for g in optimizer.param_groups]
+
+
+class _ScriptedScores:
+    """evaluate(model, iteration) returning the given CRF mIoUs in turn."""
+
+    def __init__(self, mious):
+        self.mious = list(mious)
+
+    def __call__(self, model, iteration):
+        miou = self.mious.pop(0)
+        scores = {"Mean IoU": miou, "Pixel Acc": 0.5}
+        return EvalResult(scores=scores, scores_crf=dict(scores))
+
+
+@pytest.mark.parametrize("mious, best_at", [
+    ([0.0, 0.0, 0.0], [2]),                     # a first evaluation of 0 is still the best so far
+    ([float("nan"), 0.1, 0.05], [2, 4]),        # NaN first: the next real score replaces it
+    ([0.2, 0.3, 0.1], [2, 4]),
+], ids=["zero_first", "nan_first", "improves_then_worsens"])
+def test_best_model_is_saved_from_the_first_evaluation(mious, best_at):
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = []
+
+    class Hooks(TrainHooks):
+        def on_best(self, iteration, state_dict):
+            saved.append(iteration)
+
+    def batches():
+        while True:
+            yield {"image": torch.randn(2, 3, 4, 4), "mask": torch.randint(0, 2, (2, 4, 4))}
+
+    result = train(model=model, optimizer=optimizer, scheduler=PolyLR(optimizer, 6), batches=batches(),
+                   settings=TrainSettings(iter_train=6, iter_val=2, n_classes=2, log_every=2),
+                   device=torch.device("cpu"), evaluate=_ScriptedScores(mious), hooks=Hooks())
+    assert saved == best_at
+    assert result.best_miou == pytest.approx(max(m for m in mious if m == m))
 
 
 def test_optimizer_has_backbone_and_head_groups():
@@ -221,8 +282,10 @@ def test_tiny_segmentor_learns_a_predictable_task():
         def on_evaluation(self, iteration, result, record):
             evals.append(record)
 
-    result = train(model, optimizer, scheduler, batches(), TrainSettings(80, 40, 4, log_every=10), device,
-                   lambda m, it: evaluate(m, val, 4, device, crf_fn=lambda im, logits: logits.softmax(1)), Hooks())
+    result = train(model=model, optimizer=optimizer, scheduler=scheduler, batches=batches(),
+                   settings=TrainSettings(80, 40, 4, log_every=10), device=device,
+                   evaluate=lambda m, it: evaluate(m, val, 4, device, crf_fn=lambda im, logits: logits.softmax(1)),
+                   hooks=Hooks())
     assert result.iteration == 80 and not result.stopped and model.training
     assert [r["iteration"] for r in evals] == [40, 80]
     assert logs[-1]["loss"] < 0.3 * logs[0]["loss"]
@@ -277,6 +340,7 @@ def test_resume_equals_uninterrupted_and_saved_weights_evaluate(cityscapes_tree,
     records = [json.loads(line) for line in (tmp_path / "b" / run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if "loss" in r] == [2, 4, 6]
     assert [r["iteration"] for r in records if "miou" in r] == [6]
+    assert (tmp_path / "b" / run / "best_model.pt").is_file()  # the resumed run's first evaluation
 
     run_dir = tmp_path / "a" / run
     for name in ("best_model.pt", "curves.png", "train.log", "config.yaml", "config.json",
