@@ -1,8 +1,7 @@
 """Class lists, palettes and label mappings of the benchmarks (SPEC 9.3, 10, 14.1).
 
 Which file (or loader) holds what for each benchmark is declared by its spec in `datasets.registry`.
-The JSON files live in `datasets/metadata/` beside this module (copied from the specification's data
-folder; the project never reads ../shared at run time). Every function returns a fresh copy, so callers
+The JSON files live in `datasets/metadata/` beside this module (docs/SPEC.md 14.1 describes them). Every function returns a fresh copy, so callers
 may modify what they get without corrupting the cache.
 """
 from __future__ import annotations

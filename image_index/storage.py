@@ -1,4 +1,4 @@
-"""The ImageNet index on disk (DESIGN "The ImageNet index on disk"): layout, loading, ensuring.
+"""The ImageNet index on disk (docs/DESIGN.md, "The ImageNet index on disk"): layout, loading, ensuring.
 
     {dir_imagenet}/index/{tag}_{split}/embeddings.npy   float16 (N, D), rows L2-normalised, memory-mapped
                                       /filenames.txt    N image basenames, same order (sorted path order)
