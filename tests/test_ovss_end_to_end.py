@@ -134,3 +134,38 @@ def test_background_mode_must_fit_the_benchmark(tmp_path, capsys):
     config = ovss_config(tmp_path, "cityscapes", background={"mode": "synonyms"})
     assert main_reco.main(["--config", str(config)]) == 2
     assert "background.mode" in capsys.readouterr().err
+
+
+def test_results_table_of_several_benchmarks(tmp_path, monkeypatch, capsys):
+    from entry import ovss_table
+
+    names = ["voc20", "cityscapes19"]
+    words = [w for n in names for w in metadata.categories(n)] + list(metadata.context_categories())
+    install_colour_models(monkeypatch, vocabulary(words), COLOURS)
+    monkeypatch.setattr(networks, "build_encoder", lambda arch, weights, key="": ColourEncoder(COLOURS, patch_size=4))
+    configs = []
+    for name in names:
+        write_ovss(name, tmp_path / name)
+        configs.append(str(ovss_config(tmp_path, name, n_visualisations=0)))
+        fill_reference_cache(configs[-1], metadata.categories(name))
+        assert main_reco.main(["--config", configs[-1]]) == 0
+    assert ovss_table.main(configs) == 0
+    table = json.loads((tmp_path / "ckpt" / "ovss_results.json").read_text())
+    assert [row["benchmark"] for row in table["benchmarks"]] == names
+    for row, config in zip(table["benchmarks"], configs):
+        run = ovss_run_dir(load_reco_config(config))
+        results = json.loads((run / "results.json").read_text())
+        results_crf = json.loads((run / "results_crf.json").read_text())
+        assert row["miou"] == results["Mean IoU"] and row["pixel_acc"] == results["Pixel Acc"]
+        assert row["miou_crf"] == results_crf["Mean IoU"] and row["pixel_acc_crf"] == results_crf["Pixel Acc"]
+    assert table["average"]["miou"] == pytest.approx(sum(r["miou"] for r in table["benchmarks"]) / 2)
+    markdown = (tmp_path / "ckpt" / "ovss_results.md").read_text()
+    assert markdown.splitlines()[0].startswith("| benchmark | mIoU | pixel acc.")
+    assert f"| voc20 | {100 * table['benchmarks'][0]['miou']:.1f} |" in markdown and "| **average** |" in markdown
+
+    # a benchmark without results is listed as missing, and the status says so
+    (ovss_run_dir(load_reco_config(configs[1])) / "results_crf.json").unlink()
+    assert ovss_table.main(configs + ["--out", str(tmp_path / "table")]) == 1
+    assert "no results for: cityscapes19" in capsys.readouterr().err
+    row = json.loads((tmp_path / "table" / "ovss_results.json").read_text())["benchmarks"][1]
+    assert row["miou_crf"] is None and "—" in (tmp_path / "table" / "ovss_results.md").read_text()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# ReCo on the open-vocabulary benchmarks, then one results table.
+# Usage: bash scripts/reco_ovss.sh [benchmark ...] [-- extra main_reco.py options, e.g. --device cuda:1]
+#   benchmarks: voc21 context60 coco_object voc20 context59 coco_stuff171 cityscapes19 ade20k150 (default: all)
+# Each benchmark runs main_reco.py --config configs/ovss/reco_<benchmark>.yaml (CONFIG_DIR: another folder).
+# A failed benchmark does not stop the others. Then ovss_results.md and ovss_results.json are written into
+# the configs' dir_ckpt; the exit status is non-zero if any benchmark failed or has no results.
+# Works from the repository root or from scripts/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+all=(voc21 context60 coco_object voc20 context59 coco_stuff171 cityscapes19 ade20k150)
+benchmarks=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do benchmarks+=("$1"); shift; done
+[ $# -gt 0 ] && shift   # drop the "--"; what is left goes to main_reco.py
+[ ${#benchmarks[@]} -eq 0 ] && benchmarks=("${all[@]}")
+configs=()
+for benchmark in "${benchmarks[@]}"; do
+    config="${CONFIG_DIR:-configs/ovss}/reco_${benchmark}.yaml"
+    if [ ! -f "$config" ]; then
+        echo "error: no config $config for benchmark '$benchmark' (known: ${all[*]})" >&2
+        exit 2
+    fi
+    configs+=("$config")
+done
+status=0
+for config in "${configs[@]}"; do
+    echo "=== $config"
+    "${PYTHON:-python3}" main_reco.py --config "$config" "$@" || status=1
+done
+"${PYTHON:-python3}" -m entry.ovss_table "${configs[@]}" || status=1
+exit $status

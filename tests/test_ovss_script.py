@@ -1,0 +1,47 @@
+"""scripts/reco_ovss.sh: runs the named benchmarks, goes on after a failure, always writes the table."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args, config_dir, cwd=REPO):
+    env = {**os.environ, "CONFIG_DIR": str(config_dir), "PYTHON": sys.executable}
+    script = "scripts/reco_ovss.sh" if cwd == REPO else "reco_ovss.sh"
+    return subprocess.run(["bash", script, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_script_runs_each_benchmark_and_writes_the_table(tmp_path):
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    for name in ("voc20", "ade20k150"):
+        (config_dir / f"reco_{name}.yaml").write_text(yaml.safe_dump({
+            "dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(tmp_path / f"no_{name}_here"),
+            "dataset_name": name}))
+    result = run(["voc20", "ade20k150", "--", "--device", "cpu"], config_dir, cwd=REPO / "scripts")
+    assert result.returncode == 1, result.stderr
+    assert "no_voc20_here" in result.stderr and "no_ade20k150_here" in result.stderr  # both were tried
+    table = json.loads((tmp_path / "ckpt" / "ovss_results.json").read_text())
+    assert [row["benchmark"] for row in table["benchmarks"]] == ["voc20", "ade20k150"]
+    assert "no results for: voc20, ade20k150" in result.stderr
+
+    result = run(["voc20", "pascal"], config_dir)
+    assert result.returncode == 2 and "no config" in result.stderr and "reco_pascal.yaml" in result.stderr
+
+
+def test_shipped_configs_load_and_name_every_benchmark():
+    from datasets import metadata
+    from entry.reco_ovss import ovss_protocol
+    from entry.validation import check_reco_names
+    from utils.config import load_reco_config
+
+    for name in metadata.OVSS_DATASET_NAMES:
+        config = check_reco_names(load_reco_config(REPO / "configs" / "ovss" / f"reco_{name}.yaml"))
+        assert config.dataset_name == name and config.slide_window == 224 and config.slide_stride == 112
+        assert config.eval_short_side == {"cityscapes19": 560, "coco_stuff171": 448}.get(name, 336)
+        assert ovss_protocol(config).class_names == metadata.eval_categories(name)
