@@ -57,7 +57,7 @@ def test_denormalise_batched(fixture):
         denormalise_image(torch.zeros(3, 8, 8, dtype=torch.uint8))
 
 
-@pytest.mark.parametrize("key,expected", [("log_probs", "Q"), ("log_probs_sharp", "Q_sharp")])
+@pytest.mark.parametrize("key,expected", [("log_probs", "Q"), ("log_probs_sharp", "Q_sharp")], ids=["uniform", "sharp"])
 def test_pydensecrf_reproduces_fixture(fixture, fixture_image, key, expected):
     q = dense_crf(fixture_image, torch.from_numpy(fixture[key]), backend="pydensecrf")
     assert q.dtype == torch.float32 and q.shape == (4, 24, 32)
@@ -100,24 +100,25 @@ def test_resolve_backend():
         resolve_crf_backend("cuda", "cpu")
 
 
-def test_bad_inputs_raise_value_error(fixture_image):
-    logits = torch.zeros(4, 24, 32)
-    bad_calls = [
-        lambda: dense_crf(fixture_image.astype(np.float32), logits),
-        lambda: dense_crf(fixture_image[:, :, :2], logits),
-        lambda: dense_crf(fixture_image[None], logits),
-        lambda: dense_crf(fixture_image, logits[None]),
-        lambda: dense_crf(fixture_image, logits.long()),
-        lambda: dense_crf(fixture_image, torch.zeros(0, 24, 32)),
-        lambda: dense_crf(fixture_image.tolist(), logits),
-        lambda: dense_crf(fixture_image, logits, backend="gpu"),
-        lambda: dense_crf_batch(fixture_image[None].repeat(2, 0), logits[None]),
-        lambda: dense_crf_batch(fixture_image, logits),
-        lambda: dense_crf_batch(fixture_image[None], logits[None], chunk_size=0),
-    ]
-    for call in bad_calls:
-        with pytest.raises(ValueError):
-            call()
+BAD_CALLS = {  # (image (H, W, 3) uint8, logits (4, H, W)) -> a call that must raise ValueError
+    "float_image": lambda image, logits: dense_crf(image.astype(np.float32), logits),
+    "two_channel_image": lambda image, logits: dense_crf(image[:, :, :2], logits),
+    "batched_image_to_dense_crf": lambda image, logits: dense_crf(image[None], logits),
+    "batched_logits_to_dense_crf": lambda image, logits: dense_crf(image, logits[None]),
+    "integer_logits": lambda image, logits: dense_crf(image, logits.long()),
+    "no_classes": lambda image, logits: dense_crf(image, torch.zeros(0, 24, 32)),
+    "image_as_list": lambda image, logits: dense_crf(image.tolist(), logits),
+    "unknown_backend": lambda image, logits: dense_crf(image, logits, backend="gpu"),
+    "batch_sizes_differ": lambda image, logits: dense_crf_batch(image[None].repeat(2, 0), logits[None]),
+    "unbatched_to_dense_crf_batch": lambda image, logits: dense_crf_batch(image, logits),
+    "chunk_size_zero": lambda image, logits: dense_crf_batch(image[None], logits[None], chunk_size=0),
+}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_inputs_raise_value_error(fixture_image, call):
+    with pytest.raises(ValueError):
+        call(fixture_image, torch.zeros(4, 24, 32))
 
 
 def test_pydensecrf_pool_equals_one_by_one(fixture, fixture_image):

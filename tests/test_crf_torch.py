@@ -57,17 +57,21 @@ def torch_operator(bgr: np.ndarray, kind: str) -> np.ndarray:
     return (_bilateral_operator(torch.from_numpy(bgr)[None]).apply(eye) / BI_W).numpy()
 
 
-def assert_agree(q_ref: torch.Tensor, q: torch.Tensor, min_equal=0.999, max_diff=1e-4):
+def assert_agree(q_ref: torch.Tensor, q: torch.Tensor, min_equal=0.999, max_diff=1e-4, case: str = ""):
     equal = (q_ref.argmax(0) == q.argmax(0)).float().mean().item()
     diff = (q_ref - q).abs().max().item()
-    assert equal >= min_equal and diff <= max_diff, f"labels equal {equal:.5f}, max |dQ| {diff:.2e}"
+    assert equal >= min_equal and diff <= max_diff, f"{case}: labels equal {equal:.5f}, max |dQ| {diff:.2e}"
+
+
+def size_id(size) -> str:
+    return f"{size[0]}x{size[1]}"
 
 
 # ----------------------------------------------------------------------------- operator level
 
-@pytest.mark.parametrize("size", [(1, 1), (3, 3), (5, 7), (2, 3), (4, 6), (9, 11)])
+@pytest.mark.parametrize("size", [(1, 1), (3, 3), (5, 7), (2, 3), (4, 6), (9, 11)], ids=size_id)
 @pytest.mark.parametrize("kind", ["gaussian", "bilateral"])
-@pytest.mark.parametrize("brightness", [256, 12])
+@pytest.mark.parametrize("brightness", [256, 12], ids=["bright", "dark"])
 def test_operator_matches_pydensecrf(size, kind, brightness):
     """Dark images put pixels next to the feature origin, where the SSE block padding adds vertices."""
     rng = np.random.default_rng(size[0] * 100 + size[1] + brightness)
@@ -111,28 +115,29 @@ def test_batched_lattice_keeps_images_apart():
 
 # ----------------------------------------------------------------------------- whole CRF
 
-def test_fixture(request):
+@pytest.mark.parametrize("key, expected", [("log_probs", "Q"), ("log_probs_sharp", "Q_sharp")],
+                         ids=["uniform", "sharp"])
+def test_fixture(request, key, expected):
     from utils.crf import denormalise_image
 
     data = np.load(request.path.parent / "fixtures" / "dense_crf.npz")
     image = denormalise_image(torch.from_numpy(data["img_normalised"]))
-    for key, expected in (("log_probs", "Q"), ("log_probs_sharp", "Q_sharp")):
-        q = dense_crf(image, torch.from_numpy(data[key]), backend="torch")
-        assert q.dtype == torch.float32 and q.shape == (4, 24, 32)
-        assert_agree(torch.from_numpy(data[expected]), q)
+    q = dense_crf(image, torch.from_numpy(data[key]), backend="torch")
+    assert q.dtype == torch.float32 and q.shape == (4, 24, 32)
+    assert_agree(torch.from_numpy(data[expected]), q, case=key)
 
 
 @pytest.mark.parametrize("name,n_classes,sharpness", [
     ("astronaut", 27, 1.0), ("coffee", 27, 1.0), ("chelsea", 27, 1.0), ("rocket", 27, 20.0),
     ("coffee", 171, 1.0),
-])
+], ids=["astronaut-27", "coffee-27", "chelsea-27", "rocket-27-sharp", "coffee-171"])
 def test_agrees_with_pydensecrf_on_photos(name, n_classes, sharpness):
     image = photo(name)
     logits = reco_like_logits(n_classes, (320, 320), seed=n_classes, sharpness=sharpness)
     assert_agree(dense_crf(image, logits, backend="pydensecrf"), dense_crf(image, logits, backend="torch"))
 
 
-@pytest.mark.parametrize("size", [(1, 1), (1, 7), (5, 1), (3, 5)])
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (5, 1), (3, 5)], ids=size_id)
 def test_tiny_images(size):
     rng = np.random.default_rng(size[0] * 10 + size[1])
     image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
@@ -142,7 +147,7 @@ def test_tiny_images(size):
     assert_agree(dense_crf(image, logits, backend="pydensecrf"), q, min_equal=1.0)
 
 
-@pytest.mark.parametrize("size", [(48, 64), (37, 53)])
+@pytest.mark.parametrize("size", [(48, 64), (37, 53)], ids=size_id)
 def test_batched_equals_one_by_one(size):
     images = np.stack([photo(n, size) for n in ("astronaut", "coffee", "chelsea")])
     logits = torch.stack([reco_like_logits(5, size, seed=i, sharpness=4.0) for i in range(3)])
@@ -151,8 +156,8 @@ def test_batched_equals_one_by_one(size):
     assert batched.shape == (3, 5, *size) and batched.dtype == torch.float32
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-6)
     reference = dense_crf_batch(images, logits, backend="pydensecrf", n_workers=1)
-    for i in range(3):
-        assert_agree(reference[i], batched[i])
+    for i, name in enumerate(("astronaut", "coffee", "chelsea")):
+        assert_agree(reference[i], batched[i], case=name)
 
 
 @pytest.mark.cuda
@@ -162,8 +167,8 @@ def test_cuda_batched_matches_pydensecrf():
     q = dense_crf_batch(images, logits.cuda(), backend="auto")
     assert q.device.type == "cuda" and q.shape == (2, 27, 96, 128)
     reference = dense_crf_batch(images, logits, backend="pydensecrf", n_workers=1)
-    for i in range(2):
-        assert_agree(reference[i], q[i].cpu())
+    for i, name in enumerate(("astronaut", "coffee")):
+        assert_agree(reference[i], q[i].cpu(), case=name)
     single = dense_crf(torch.from_numpy(images[0]).cuda(), logits[0].cuda(), backend="torch")
     assert single.device.type == "cuda"
     torch.testing.assert_close(single.cpu(), q[0].cpu(), rtol=0, atol=1e-5)

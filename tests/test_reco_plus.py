@@ -409,13 +409,6 @@ def test_every_reco_plus_config_loads_and_keeps_the_original_keys(fixtures_dir):
         assert config.iter_train == 20000 and config.weights.backbone is not None
 
 
-def test_scripts_have_valid_syntax():
-    for dataset in ("cityscapes", "coco_stuff", "kitti_step"):
-        script = REPO / "scripts" / f"reco_plus_{dataset}.sh"
-        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-        assert f"configs/reco_plus_{dataset}.yaml" in script.read_text()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_torchrun_ddp_stops_together_and_resumes_in_one_process(cityscapes_tree, tmp_path):

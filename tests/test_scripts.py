@@ -1,4 +1,4 @@
-"""The bash wrappers find the entry scripts from the repo root and from scripts/."""
+"""The bash wrappers find the entry scripts from the repo root and from scripts/, with the right config."""
 import os
 import subprocess
 import sys
@@ -29,3 +29,42 @@ def test_wrapper_runs_the_entry_script(tmp_path, script, cwd):
         assert "c.yaml: weights.backbone: not set" in result.stderr  # the message names the config file
     else:
         assert "dir_dataset" in result.stderr and "no_dataset_here" in result.stderr
+
+
+DATASETS = ("cityscapes", "coco_stuff", "kitti_step")
+
+
+def _fake_python(tmp_path: Path) -> Path:
+    """An interpreter stand-in that prints the working directory and its arguments, one per line."""
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/usr/bin/env bash\npwd\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def _run_wrapper(tmp_path: Path, script: str, *args: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CONFIG"}
+    env["PYTHON"] = str(_fake_python(tmp_path))
+    result = subprocess.run(["bash", str(REPO / "scripts" / script), *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_reco_wrapper_passes_its_own_config_and_split(tmp_path, dataset):
+    cwd, *argv = _run_wrapper(tmp_path, f"reco_{dataset}.sh", "train", "--suffix", "x")
+    assert Path(cwd) == REPO
+    assert argv == ["main_reco.py", "--config", f"configs/reco_{dataset}.yaml", "--split", "train", "--suffix", "x"]
+    assert (REPO / argv[2]).is_file()
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_reco_plus_wrapper_passes_its_own_config_and_weights(tmp_path, dataset):
+    cwd, *argv = _run_wrapper(tmp_path, f"reco_plus_{dataset}.sh")
+    assert Path(cwd) == REPO
+    assert argv == ["main_reco_plus.py", "--config", f"configs/reco_plus_{dataset}.yaml"]
+    assert (REPO / argv[2]).is_file()
+    _, *argv = _run_wrapper(tmp_path, f"reco_plus_{dataset}.sh", "w.pt", "--device", "cpu")
+    assert argv == ["main_reco_plus.py", "--config", f"configs/reco_plus_{dataset}.yaml",
+                    "--weights", str(tmp_path / "w.pt"), "--device", "cpu"]  # relative to where it was called
