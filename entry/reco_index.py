@@ -77,5 +77,5 @@ def index_workers(config: RecoConfig, device: torch.device) -> int:
         return config.index_workers
     if device.type != "cuda":
         return config.n_workers
-    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    processes_here = distributed.env_local_world_size()
     return max(1, (os.cpu_count() or 2) // processes_here - 1)

@@ -30,6 +30,11 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def env_local_world_size() -> int:
+    """LOCAL_WORLD_SIZE from the environment (1 when not launched by torchrun): processes on this node."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
 def env_local_rank() -> int:
     """LOCAL_RANK from the environment (0 when not launched by torchrun): this process's GPU on its node."""
     return int(os.environ.get("LOCAL_RANK", "0"))
