@@ -66,8 +66,9 @@ def crf(dry: bool) -> dict[str, Any]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            times = []
+            times, q = [], None
             for _ in range(repeats):
+                del q  # the previous result must not count in the peak memory
                 _sync(device)
                 start = time.perf_counter()
                 q = run()
@@ -92,7 +93,7 @@ def index_build(dry: bool) -> dict[str, Any]:
 
     _device(dry)
     if dry:
-        return measure("tiny-vit-clip", "random", "cpu", n_images=24, batch_size=8, num_workers=1, shard_size=16,
+        return measure("tiny-vit-clip", "random", "cpu", n_images=128, batch_size=16, num_workers=1, shard_size=64,
                        model_seconds=0.2)
     return measure("ViT-L/14@336px", "random", "cuda", n_images=6144, batch_size=256,
                    num_workers=max(1, (os.cpu_count() or 2) - 1), shard_size=2048, model_seconds=8.0,
@@ -151,7 +152,7 @@ def own_images(dry: bool) -> dict[str, Any]:
     import yaml
     from PIL import Image
 
-    from benchmarks.index_build import write_jpegs
+    from benchmarks.synthetic_jpegs import write_jpegs
 
     device = _device(dry)
     with tempfile.TemporaryDirectory(prefix="gpu_check_own_") as tmp:

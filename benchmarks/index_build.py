@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
@@ -29,14 +27,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.synthetic_jpegs import write_jpegs  # noqa: E402
 from datasets.imagenet import IndexBuildDataset, clip_normalise, list_imagenet_images  # noqa: E402
 from image_index.build import build_index  # noqa: E402
 from networks import build_clip, clip_image_size  # noqa: E402
@@ -44,32 +41,6 @@ from utils.device import resolve_device, setup_logging  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def _write_one(task: tuple[Path, int]) -> None:
-    root, i = task
-    rng = np.random.default_rng(i)
-    width, height = int(rng.integers(300, 500)), int(rng.integers(250, 450))
-    small = rng.integers(0, 256, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((width, height), Image.BILINEAR)
-    noise = rng.integers(-12, 13, (height, width, 3))
-    image = Image.fromarray(np.clip(np.asarray(image, np.int16) + noise, 0, 255).astype(np.uint8))
-    wnid = f"n{i // 100:08d}"
-    image.save(root / "train" / wnid / f"{wnid}_{i}.JPEG", quality=90)
-
-
-def write_jpegs(root: Path, n: int, processes: Optional[int] = None) -> None:
-    """n JPEGs (quality 90) of ImageNet-like sizes with smooth random content, 100 per class folder."""
-    for folder in range(-(-n // 100)):
-        (root / "train" / f"n{folder:08d}").mkdir(parents=True, exist_ok=True)
-    tasks = [(root, i) for i in range(n)]
-    processes = processes or os.cpu_count() or 1
-    if processes <= 1 or n < 64:
-        for task in tasks:
-            _write_one(task)
-        return
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        pool.map(_write_one, tasks, chunksize=32)
 
 
 def synchronize(device: torch.device) -> None:

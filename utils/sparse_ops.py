@@ -79,6 +79,8 @@ def spmm(matrix: Tensor, x: Tensor, out: Tensor, accumulate: bool = False) -> Te
             if candidate == "addmm_out":
                 return torch.addmm(out, matrix, x, beta=1 if accumulate else 0, out=out)
             product = matrix @ x if candidate == "matmul" else _gather_spmm(matrix, x)
+        except torch.OutOfMemoryError:
+            raise  # not a missing operator: the fallbacks need more memory, not less
         except (RuntimeError, NotImplementedError) as error:
             if candidate == MODES[-1]:
                 raise
