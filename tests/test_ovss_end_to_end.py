@@ -169,3 +169,28 @@ def test_results_table_of_several_benchmarks(tmp_path, monkeypatch, capsys):
     assert "no results for: cityscapes19" in capsys.readouterr().err
     row = json.loads((tmp_path / "table" / "ovss_results.json").read_text())["benchmarks"][1]
     assert row["miou_crf"] is None and "—" in (tmp_path / "table" / "ovss_results.md").read_text()
+
+
+def test_tiny_random_models_run_the_protocol(tmp_path):
+    """The real networks (tiny random variants) through index, retrieval, co-segmentation, sliding windows,
+    DenseCLIP inference and background synonyms: the pipeline runs and scores every class."""
+    write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=2)
+    write_ovss("voc21", tmp_path / "voc21", sizes=((40, 56),))
+    config = ovss_config(tmp_path, "voc21", n_imgs=2, dense_clip_inference=True, eval_short_side=48,
+                         slide_window=32, slide_stride=16,
+                         background={"mode": "synonyms", "synonyms": ["sky", "road"]})
+    # most names come from the cache (random tiny-vit-sized vectors); "car" and "ship" are retrieved and co-segmented
+    loaded = load_reco_config(config)
+    cache = FileReferenceCache(reference_cache_root(loaded), loaded)
+    g = torch.Generator().manual_seed(0)
+    contexts = list(loaded.context_categories)
+    for i, name in enumerate(contexts):
+        cache.put(name, tuple(contexts[:i]), torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0))
+    for name in metadata.categories("voc21"):
+        if name not in ("car", "ship"):
+            cache.put(name, tuple(contexts), torch.nn.functional.normalize(torch.randn(32, generator=g), dim=0))
+    assert main_reco.main(["--config", str(config)]) == 0
+    out = ovss_run_dir(loaded)
+    results = json.loads((out / "results_crf.json").read_text())
+    assert set(metadata.eval_categories("voc21")) <= set(results) and 0 <= results["Pixel Acc"] <= 1
+    assert {p.name for p in out.glob("coseg_*.png")} == {"coseg_car.png", "coseg_ship.png"}
