@@ -90,3 +90,18 @@ def test_missing_or_wrong_float32_copy_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="max_residual"):
         ensure_index(tmp_path, ARCH, "train")
     assert index_dir(tmp_path, ARCH, "train") == directory
+
+
+def test_the_retrieval_stage_uses_the_float32_rows(tmp_path, monkeypatch):
+    """entry.reco_common.retrieve on a converted near-tie pickle returns the float32 order of images."""
+    import entry.reco_common as common
+    from utils.config import RecoConfig
+
+    query, rows = _near_ties()
+    names = _write_pickle(tmp_path, rows)
+    monkeypatch.setattr(common, "text_embeddings", lambda model, tokenizer, words: torch.from_numpy(query)[None])
+    config = RecoConfig(dir_ckpt=str(tmp_path / "ckpt"), dir_imagenet=str(tmp_path), clip_arch=ARCH, n_imgs=50)
+    paths = common.retrieve(config, ["thing"], torch.device("cpu"), build_missing_index=False,
+                            retrieval_clip=lambda: (None, None))["thing"]
+    scores = rows.astype(np.float64) @ query.astype(np.float64)
+    assert [p.name for p in paths] == [names[i] for i in np.argsort(-scores, kind="stable")[:50]]
