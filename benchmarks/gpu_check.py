@@ -120,6 +120,11 @@ def table_rows(results: dict[str, dict[str, Any]], dry: bool) -> list[dict[str, 
                 f">= {100 * TARGETS['build_ratio']:.0f}%", data["full_over_model"] >= TARGETS["build_ratio"])
             add("index: ImageNet-train (1,281,167) at that rate", f"{data['imagenet_train_minutes']:.1f} min",
                 f"<= {TARGETS['imagenet_minutes']:.0f} min", data["imagenet_train_minutes"] <= TARGETS["imagenet_minutes"])
+            jpeg = data.get("jpeg_decode_vs_pil")
+            if jpeg:
+                add(f"index: torchvision decode_jpeg on {jpeg['device']} vs PIL (information)",
+                    jpeg["error"] if "error" in jpeg else f"{100 * jpeg['equal_fraction']:.2f}% of bytes equal, "
+                    f"max difference {jpeg['max_abs_difference']} (GPU decoding would need 100%)")
         elif name == "reco_plus_train":
             peak = f", peak {data['peak_gpu_mib']:.0f} MiB" if data["peak_gpu_mib"] is not None else ""
             add(f"ReCo+ train {data['segmentor']} crop {data['crop']} batch {data['batch']}"

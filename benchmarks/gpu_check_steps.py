@@ -88,16 +88,43 @@ def crf(dry: bool) -> dict[str, Any]:
 
 
 def index_build(dry: bool) -> dict[str, Any]:
-    """ViT-L/14@336px at random weights: model-only images/s in fp16 and bf16, full build images/s."""
+    """ViT-L/14@336px at random weights: model-only images/s in fp16 and bf16, full build images/s; and
+    whether torchvision's JPEG decoder on the device gives PIL's pixels (the build decodes with PIL)."""
     from benchmarks.index_build import measure
 
-    _device(dry)
-    if dry:
-        return measure("tiny-vit-clip", "random", "cpu", n_images=128, batch_size=16, num_workers=1, shard_size=64,
-                       model_seconds=0.2)
-    return measure("ViT-L/14@336px", "random", "cuda", n_images=6144, batch_size=256,
-                   num_workers=max(1, (os.cpu_count() or 2) - 1), shard_size=2048, model_seconds=8.0,
-                   precisions=("fp16", "bf16"))
+    device = _device(dry)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_index_") as tmp:
+        if dry:
+            result = measure("tiny-vit-clip", "random", "cpu", n_images=128, batch_size=16, num_workers=1,
+                             shard_size=64, model_seconds=0.2, workdir=Path(tmp))
+        else:
+            result = measure("ViT-L/14@336px", "random", "cuda", n_images=6144, batch_size=256,
+                             num_workers=max(1, (os.cpu_count() or 2) - 1), shard_size=2048, model_seconds=8.0,
+                             precisions=("fp16", "bf16"), workdir=Path(tmp))
+        result["jpeg_decode_vs_pil"] = _jpeg_decode_vs_pil(sorted(Path(tmp).glob("train/*/*.JPEG"))[:32], device)
+    return result
+
+
+def _jpeg_decode_vs_pil(paths: list[Path], device: torch.device) -> dict[str, Any]:
+    """torchvision.io.decode_jpeg on `device` against PIL's decoding of the same files: the fraction of
+    equal bytes and the largest difference (the build could decode on the GPU only if all are equal)."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    equal = total = largest = 0
+    try:
+        for path in paths:
+            decoded = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, device=device).cpu()
+            with Image.open(path) as image:
+                reference = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)
+            difference = (decoded.int() - reference.int()).abs()
+            equal += int((difference == 0).sum())
+            total += difference.numel()
+            largest = max(largest, int(difference.max()))
+    except (RuntimeError, ValueError) as error:  # informative only: no decoder on this device is no failure
+        return {"device": str(device), "error": f"{type(error).__name__}: {error}"}
+    return {"device": str(device), "images": len(paths), "equal_fraction": equal / max(total, 1),
+            "max_abs_difference": largest}
 
 
 def reco_plus_train(dry: bool) -> dict[str, Any]:

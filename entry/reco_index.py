@@ -63,6 +63,7 @@ def run_index_stage(config: RecoConfig) -> Path:
             batch_size=config.index_batch_size, num_workers=index_workers(config, device),
             shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
             barrier=distributed.barrier, logger=logger,
+            autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
         )
     finally:
         distributed.cleanup()

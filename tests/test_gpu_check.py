@@ -28,7 +28,7 @@ def test_dry_run_of_every_part(tmp_path):
     assert all(r["returncode"] == 0 for r in report["parts"].values())
     checks = [row["check"] for row in report["table"]]
     for expected in ("CUDA tests", "CRF 320x320x171: labels equal", "index: full build", "ImageNet-train",
-                     "ReCo+ train", "own images end to end"):
+                     "ReCo+ train", "own images end to end", "decode_jpeg on cpu vs PIL"):
         assert any(expected in c for c in checks), (expected, checks)
     assert all(row["status"] in ("ok", "dry run") for row in report["table"])
     assert report["parts"]["cuda_tests"]["tests"]["tests"] >= 5  # the cuda-marked tests were collected

@@ -79,7 +79,7 @@ class RecoConfig:
     reproduce_seed_slice_bug: bool = False
     reference_aliases: dict[str, str] = field(default_factory=lambda: {"vegetation": "tree"})
     n_visualisations: int = 10
-    clip_precision: Literal["auto", "fp32", "fp16"] = "auto"
+    clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     index_batch_size: int = 256
     index_shard_size: int = 8192
     index_workers: Optional[int] = None  # DataLoader workers of the index build; None -> see entry/reco_index.py
