@@ -51,9 +51,11 @@ def run_index_stage(config: RecoConfig) -> Path:
                 f"dir_imagenet: no images in {dir_imagenet / config.imagenet_split}/<wnid>/*.JPEG to build the "
                 f"index from; or put the authors' {published.name} into {dir_imagenet}")
 
+        to_model_input = networks.clip_input_adapter(config.clip_arch)  # identity for OpenAI CLIPs
+
         def embed(images: torch.Tensor) -> torch.Tensor:
             # uint8 from the workers; ToTensor + Normalize here, on the device, bit-identical to SPEC 2
-            pixels = clip_normalise(images.to(device, non_blocking=True))
+            pixels = to_model_input(clip_normalise(images.to(device, non_blocking=True)))
             return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
 
         meta = {"clip_arch": config.clip_arch, "split": config.imagenet_split, "image_size": image_size}

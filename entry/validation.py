@@ -7,51 +7,98 @@ call `check_reco_names` / `check_reco_plus_names` right after `load_*_config`.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from utils.config import ConfigError, RecoConfig, RecoPlusConfig
 
 
-def check_name(key: str, value: Optional[str], known: Iterable[str], allow_none: bool = False) -> None:
-    """ConfigError "key: unknown value 'x'; known: a, b, c" unless `value` is one of `known`."""
+def check_name(key: str, value: Optional[str], known: Iterable[str], allow_none: bool = False,
+               accepts: Optional[Callable[[str], bool]] = None) -> None:
+    """ConfigError "key: unknown value 'x'; known: a, b, c" unless `value` is one of `known` (or
+    `accepts(value)`, for registries that also take other spellings, e.g. open_clip's model names)."""
     if value is None and allow_none:
         return
     known = list(known)
-    if value not in known:
-        raise ConfigError(f"{key}: unknown value {value!r}; known: {', '.join(known)}")
+    if value in known or (isinstance(value, str) and accepts is not None and accepts(value)):
+        return
+    raise ConfigError(f"{key}: unknown value {value!r}; known: {', '.join(known)}")
 
 
-def _benchmark_names() -> list[str]:
+class _Row(NamedTuple):
+    value: Callable[[Any], Optional[str]]
+    known: Callable[[], Iterable[str]]
+    allow_none: bool = False
+    accepts: Optional[Callable[[str], bool]] = None
+
+
+# The registries are imported when checked: each lives with what it registers (datasets/, networks/, utils/).
+def _benchmarks() -> Iterable[str]:
     from datasets.registry import benchmark_names
 
-    return list(benchmark_names())
+    return benchmark_names()
 
 
-def _encoder_names() -> list[str]:
+def _encoders() -> Iterable[str]:
     from networks.encoder_registry import encoder_names
 
-    return list(encoder_names())
+    return encoder_names()
 
 
-# key -> (config attribute reader, known-names provider, may be unset); one row per registry-backed key.
-_RECO_KEYS: dict[str, tuple[Callable[[RecoConfig], Optional[str]], Callable[[], Iterable[str]], bool]] = {
-    "dataset_name": (lambda c: c.dataset_name, _benchmark_names, True),
-    "encoder_arch": (lambda c: c.encoder_arch, _encoder_names, False),
+def _clips(dense: bool) -> Callable[[], Iterable[str]]:
+    def names() -> Iterable[str]:
+        from networks.clip_registry import clip_names
+
+        return clip_names(dense)
+    return names
+
+
+def _clip_alias(dense: bool) -> Callable[[str], bool]:
+    def accepts(value: str) -> bool:  # open_clip's spelling of a registered CLIP, e.g. ViT-L-14-336
+        from networks.clip_registry import find_clip
+
+        spec = find_clip(value)
+        return spec is not None and (spec.dense or not dense)
+    return accepts
+
+
+def _crf_backends() -> Iterable[str]:
+    from utils.crf import crf_backend_names
+
+    return crf_backend_names()
+
+
+def _segmentors() -> Iterable[str]:
+    from networks.deeplab import SEGMENTOR_NAMES
+
+    return SEGMENTOR_NAMES
+
+
+_RECO_KEYS: dict[str, _Row] = {
+    "dataset_name": _Row(lambda c: c.dataset_name, _benchmarks, allow_none=True),
+    "encoder_arch": _Row(lambda c: c.encoder_arch, _encoders),
+    "clip_arch": _Row(lambda c: c.clip_arch, _clips(False), accepts=_clip_alias(False)),
+    "dense_clip_arch": _Row(lambda c: c.dense_clip_arch, _clips(True), accepts=_clip_alias(True)),
+    "crf_backend": _Row(lambda c: c.crf_backend, _crf_backends),
 }
-_RECO_PLUS_KEYS: dict[str, tuple[Callable[[RecoPlusConfig], Optional[str]], Callable[[], Iterable[str]], bool]] = {
-    "dataset_name": (lambda c: c.dataset_name, _benchmark_names, False),
+_RECO_PLUS_KEYS: dict[str, _Row] = {
+    "dataset_name": _Row(lambda c: c.dataset_name, _benchmarks),
+    "segmentor_name": _Row(lambda c: c.segmentor_name, _segmentors),
+    "crf_backend": _Row(lambda c: c.crf_backend, _crf_backends),
 }
+
+
+def _check(config: Any, rows: dict[str, _Row]) -> None:
+    for key, row in rows.items():
+        check_name(key, row.value(config), row.known(), row.allow_none, row.accepts)
 
 
 def check_reco_names(config: RecoConfig) -> RecoConfig:
     """Every registry-backed key of a ReCo config names a registered entry; returns the config."""
-    for key, (value, known, allow_none) in _RECO_KEYS.items():
-        check_name(key, value(config), known(), allow_none)
+    _check(config, _RECO_KEYS)
     return config
 
 
 def check_reco_plus_names(config: RecoPlusConfig) -> RecoPlusConfig:
     """Every registry-backed key of a ReCo+ config names a registered entry; returns the config."""
-    for key, (value, known, allow_none) in _RECO_PLUS_KEYS.items():
-        check_name(key, value(config), known(), allow_none)
+    _check(config, _RECO_PLUS_KEYS)
     return config

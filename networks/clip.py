@@ -1,7 +1,8 @@
 """CLIP models from open_clip (SPEC 1-3) and DenseCLIP, the CLIP ModifiedResNet used densely (SPEC 6).
 
-`build_clip` never downloads unless `weights` is a library tag such as 'openai' (online use only);
-users give the OpenAI TorchScript archives (ViT-L-14-336px.pt, RN50x16.pt) as local files.
+Which CLIPs exist, and what each needs, is declared in `networks.clip_registry`. `build_clip` never
+downloads unless `weights` is a library tag such as 'openai' (online use only); users give the OpenAI
+TorchScript archives (ViT-L-14-336px.pt, RN50x16.pt), state-dict files, or open_clip model folders.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import open_clip
 import torch
@@ -23,34 +24,12 @@ from torch import nn
 
 from utils.config import ConfigError
 from utils.io import describe_exception
+from utils.normalisation import CLIP_MEAN, CLIP_STD
 
+from .clip_registry import ClipSpec, get_clip
 from .weights import freeze, is_torchscript_archive, load_state_dict_file, load_strict, resolve_weights
 
 logger = logging.getLogger("reco.networks")
-
-# Paper / OpenAI `clip` names -> open_clip config names (open_clip names are accepted as well).
-CLIP_ARCHS = {
-    "ViT-L/14@336px": "ViT-L-14-336",
-    "ViT-L/14": "ViT-L-14",
-    "ViT-B/16": "ViT-B-16",
-    "ViT-B/32": "ViT-B-32",
-    "RN50": "RN50",
-    "RN101": "RN101",
-    "RN50x4": "RN50x4",
-    "RN50x16": "RN50x16",
-    "RN50x64": "RN50x64",
-}
-
-# Tiny CLIPs for tests and smoke runs. The text tower keeps the real vocabulary and context length so
-# that the real BPE tokenizer works; widths are multiples of 64 because OpenAI-style state dicts
-# encode the head count as width // 64 (open_clip infers it that way when reading an archive).
-_TINY_TEXT = dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=2)
-TINY_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny-vit-clip": dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=2, width=64, patch_size=8),
-                          text_cfg=_TINY_TEXT),
-    "tiny-rn-clip": dict(embed_dim=32, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=16),
-                         text_cfg=_TINY_TEXT),
-}
 
 # Keys of OpenAI state dicts that are not parameters (open_clip drops them too).
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -62,42 +41,38 @@ def build_clip(
     device: Union[str, torch.device] = "cpu",
     precision: str = "fp32",
     key: str = "weights.clip",
-) -> tuple[CLIP, SimpleTokenizer]:
-    """An open_clip CLIP (image and text towers, eval mode, frozen) and its BPE tokenizer.
+) -> tuple[nn.Module, Callable[[list[str]], torch.Tensor]]:
+    """An open_clip CLIP (image and text towers, eval mode, frozen) and its tokenizer.
 
-    arch: paper name ('ViT-L/14@336px', 'RN50x16', ...), open_clip name, or 'tiny-vit-clip' / 'tiny-rn-clip'.
+    arch: a registered name ('ViT-L/14@336px', 'RN50x16', 'ViT-B/16-SigLIP', ...) or its open_clip name.
     weights: an OpenAI TorchScript archive (loaded by open_clip.openai.load_openai_model, QuickGELU), a
-        plain state-dict file (loaded strictly into the QuickGELU architecture), an open_clip pretrained
-        tag such as 'openai' (downloads; online only; not for tiny archs), or 'random' (seeded by torch's
-        current RNG). `key` is the config key named in errors ('weights.clip', 'weights.dense_clip').
+        plain state-dict file (loaded strictly), a folder holding an open_clip release (open_clip_config.json,
+        weights, tokenizer files), one of the spec's open_clip pretrained tags such as 'openai' (downloads;
+        online only), or 'random' (seeded by torch's current RNG). `key` is the config key named in errors.
     precision: 'fp32', 'fp16', 'bf16' or 'auto' (fp16 on CUDA, as the original `clip.load`; else fp32).
     """
-    name, config = _arch_config(arch)
-    tiny = arch in TINY_CLIP_CONFIGS
+    spec = get_clip(arch)
     device = torch.device(device)
     precision = _resolve_precision(precision, device)
-    if tiny:
-        expected = f"'random' for the test architecture '{arch}' (or a checkpoint file made from it)"
-        tags: list[str] = []
-    else:
-        expected = f"the OpenAI CLIP checkpoint {openai_checkpoint_name(arch)} or a state-dict file"
-        tags = open_clip.list_pretrained_tags_by_model(name)
-    kind, value = resolve_weights(weights, key, expected, tags)
+    if weights is not None and Path(os.fspath(weights)).expanduser().is_dir():
+        model = _from_folder(spec, Path(os.fspath(weights)).expanduser(), device, precision, key)
+        return freeze(model), _tokenizer_of(spec, key, folder=Path(os.fspath(weights)).expanduser())
+    kind, value = resolve_weights(weights, key, spec.weights, spec.tags)
 
     if kind == "random":
-        if not tiny:
+        if spec.tiny_config is None:
             logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
-        model = _finalise(_new_clip(config, precision), device, precision)
+        model = _finalise(_new_clip(spec, precision), device, precision)
     elif kind == "tag":
-        model = _from_tag(arch, name, str(value), device, precision, key)
+        model = _from_tag(spec, str(value), device, precision, key)
     elif is_torchscript_archive(value):
         model = _from_openai_archive(Path(value), device, precision, key)
-        _check_architecture(model, config, arch, key, value)
+        _check_architecture(model, spec, key, value)
     else:
-        model = _new_clip(config, precision)
+        model = _new_clip(spec, precision)
         load_strict(model, load_state_dict_file(value, key), key, value, ignore=_OPENAI_EXTRA_KEYS)
         model = _finalise(model, device, precision)
-    return freeze(model), _tokenizer(int(model.context_length))
+    return freeze(model), _tokenizer_of(spec, key)
 
 
 def clip_image_size(clip_model: nn.Module) -> int:
@@ -114,8 +89,28 @@ def clip_image_size(clip_model: nn.Module) -> int:
 
 def openai_checkpoint_name(arch: str) -> str:
     """File name of the OpenAI release of `arch`, e.g. 'ViT-L/14@336px' -> 'ViT-L-14-336px.pt'."""
-    paper = next((paper for paper, name in CLIP_ARCHS.items() if arch in (paper, name)), arch)
-    return paper.replace("/", "-").replace("@", "-") + ".pt"
+    spec = get_clip(arch)
+    if spec.openai_file is None:
+        raise ValueError(f"{arch} has no OpenAI release")
+    return spec.openai_file
+
+
+def clip_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the image tower of `arch` expects (CLIP's for OpenAI models, 0.5s for SigLIP)."""
+    spec = get_clip(arch)
+    return tuple(spec.mean), tuple(spec.std)
+
+
+def clip_input_adapter(arch: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images (B, 3, S, S) normalised with CLIP's statistics (the index pipeline's) -> normalised with
+    those `arch` expects. The identity (the very tensor) for OpenAI CLIPs, so their index is unchanged."""
+    mean, std = clip_normalisation(arch)
+    if (mean, std) == (tuple(CLIP_MEAN), tuple(CLIP_STD)):
+        return lambda images: images
+    clip_mean, clip_std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    scale = clip_std / torch.tensor(std).view(1, 3, 1, 1)
+    shift = (clip_mean - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return lambda images: images * scale.to(images) + shift.to(images)
 
 
 class DenseCLIP(nn.Module):
@@ -164,19 +159,15 @@ class DenseCLIP(nn.Module):
         return F.conv2d(x, pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
 
 
-def _arch_config(arch: str) -> tuple[str, dict[str, Any]]:
-    """(open_clip name or tiny name, CLIP constructor kwargs) for `arch`."""
-    if arch in TINY_CLIP_CONFIGS:
-        return arch, copy.deepcopy(TINY_CLIP_CONFIGS[arch])
-    name = CLIP_ARCHS.get(arch, arch)
-    if name not in CLIP_ARCHS.values():
-        known = list(CLIP_ARCHS) + list(TINY_CLIP_CONFIGS)
-        raise ValueError(f"unknown CLIP architecture {arch!r}; known: {known}")
-    config = open_clip.get_model_config(name)
+def _model_config(spec: ClipSpec) -> dict[str, Any]:
+    """CLIP constructor kwargs of an open_clip-config or tiny architecture."""
+    if spec.tiny_config is not None:
+        return copy.deepcopy(dict(spec.tiny_config))
+    config = open_clip.get_model_config(spec.open_clip_name)
     if config is None:
-        raise ValueError(f"open_clip {open_clip.__version__} has no config for {name!r}")
+        raise ValueError(f"open_clip {open_clip.__version__} has no config for {spec.open_clip_name!r}")
     config.pop("quick_gelu", None)
-    return name, config
+    return config
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -187,9 +178,12 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _new_clip(config: dict[str, Any], precision: str) -> CLIP:
-    # QuickGELU always: every supported architecture's weights are OpenAI's, trained with it.
-    return CLIP(**config, quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+def _new_clip(spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """Random-init architecture. OpenAI-style CLIPs are built here (QuickGELU, their weights' activation;
+    the tiny test CLIPs too); others (SigLIP: timm image tower, custom text tower) by open_clip itself."""
+    if spec.quick_gelu or spec.tiny_config is not None:
+        return CLIP(**_model_config(spec), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+    return open_clip.create_model(spec.open_clip_name, pretrained=None, precision="fp32", device=device)
 
 
 def _finalise(model: CLIP, device: torch.device, precision: str) -> CLIP:
@@ -212,23 +206,34 @@ def _from_openai_archive(path: Path, device: torch.device, precision: str, key: 
                           f"({describe_exception(error)})") from error
 
 
-def _from_tag(arch: str, name: str, tag: str, device: torch.device, precision: str, key: str) -> CLIP:
+def _from_tag(spec: ClipSpec, tag: str, device: torch.device, precision: str, key: str) -> nn.Module:
     try:
         return open_clip.create_model(
-            name, pretrained=tag, precision=precision, device=device, force_quick_gelu=(tag == "openai")
+            spec.open_clip_name, pretrained=tag, precision=precision, device=device, force_quick_gelu=spec.quick_gelu
         )
     except Exception as error:
         raise ConfigError(
-            f"{key}: could not get the '{tag}' weights of {arch} through open_clip (the download failed: "
-            f"{type(error).__name__}: {error}). Set {key} to a local file instead, "
-            f"e.g. the OpenAI checkpoint {openai_checkpoint_name(arch)}"
+            f"{key}: could not get the '{tag}' weights of {spec.name} through open_clip (the download failed: "
+            f"{type(error).__name__}: {error}). Set {key} to a local file instead: {spec.weights}"
         ) from error
 
 
-def _check_architecture(model: CLIP, config: dict[str, Any], arch: str, key: str, path: Any) -> None:
+def _from_folder(spec: ClipSpec, folder: Path, device: torch.device, precision: str, key: str) -> nn.Module:
+    """An open_clip release folder (open_clip_config.json + weights), loaded by open_clip offline."""
+    if not (folder / "open_clip_config.json").is_file():
+        raise ConfigError(f"{key}: {folder} is a folder but holds no open_clip_config.json (expected {spec.weights})")
+    try:
+        return open_clip.create_model(f"local-dir:{folder}", precision=precision, device=device,
+                                      force_quick_gelu=spec.quick_gelu)
+    except Exception as error:
+        raise ConfigError(f"{key}: cannot load the open_clip model folder {folder}: {error}") from error
+
+
+def _check_architecture(model: CLIP, spec: ClipSpec, key: str, path: Any) -> None:
     """An archive defines its own architecture; make sure it is the configured one (shapes only)."""
+    arch = spec.name
     with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in CLIP(**config, quick_gelu=True).state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in _new_clip(spec, "fp32", "meta").state_dict().items()}
     found = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if expected != found:
         differing = sorted(set(expected) ^ set(found)) or [n for n in expected if expected[n] != found[n]]
@@ -239,7 +244,25 @@ def _check_architecture(model: CLIP, config: dict[str, Any], arch: str, key: str
         )
 
 
+def _tokenizer_of(spec: ClipSpec, key: str, folder: Optional[Path] = None) -> Callable[[list[str]], torch.Tensor]:
+    """OpenAI's BPE (bundled with open_clip, offline) or, for SigLIP-class text towers, the Hugging Face
+    tokenizer of the model folder (offline) or of the hub (online), which needs `transformers`."""
+    if not spec.hf_tokenizer:
+        context_length = int(_model_config(spec)["text_cfg"].get("context_length", 77))
+        return _bpe_tokenizer(context_length)
+    try:
+        import transformers  # noqa: F401  (open_clip's HFTokenizer imports it lazily)
+    except ImportError:
+        raise ConfigError(f"{key}: {spec.name} tokenizes text with a Hugging Face tokenizer: "
+                          "pip install transformers") from None
+    name = f"local-dir:{folder}" if folder is not None else spec.open_clip_name
+    try:
+        return open_clip.get_tokenizer(name)
+    except Exception as error:
+        raise ConfigError(f"{key}: cannot load the tokenizer of {spec.name} ({name}): {error}. Give a local "
+                          "open_clip model folder that holds the tokenizer files") from error
+
+
 @lru_cache(maxsize=4)
-def _tokenizer(context_length: int) -> SimpleTokenizer:
-    # OpenAI's BPE, bundled with open_clip (offline); the same for every supported CLIP.
+def _bpe_tokenizer(context_length: int) -> SimpleTokenizer:
     return SimpleTokenizer(context_length=context_length)

@@ -104,7 +104,8 @@ def test_real_rn50_random_and_dense():
 
 
 def test_arch_names():
-    assert networks.CLIP_ARCHS["ViT-L/14@336px"] == "ViT-L-14-336"
+    assert networks.get_clip("ViT-L/14@336px").open_clip_name == "ViT-L-14-336"
+    assert networks.get_clip("ViT-L-14-336") is networks.get_clip("ViT-L/14@336px")  # open_clip spelling too
     assert networks.openai_checkpoint_name("ViT-L/14@336px") == "ViT-L-14-336px.pt"
     assert networks.openai_checkpoint_name("RN50x16") == "RN50x16.pt"
     with pytest.raises(ValueError, match="unknown CLIP architecture"):

@@ -103,3 +103,60 @@ def test_unknown_dataset_name_fails_at_load_in_both_entry_points(tmp_path, capsy
     known = ", ".join(benchmark_names())
     assert f"dataset_name: unknown value 'kitti'; known: {known}" in capsys.readouterr().err
     assert not (tmp_path / "kitti").exists() and not (tmp_path / "citiscapes").exists()
+
+
+# ------------------------------------------------------------------------------------------ CRF backends
+def test_a_new_crf_backend_is_one_registry_entry():
+    import torch
+
+    from utils.crf import crf_backend_names, dense_crf_batch, register_crf_backend, unregister_crf_backend
+
+    def no_refinement(images, probabilities, n_workers, chunk_size):
+        return probabilities
+
+    register_crf_backend("none", no_refinement)
+    try:
+        assert "none" in crf_backend_names()
+        images = np.zeros((1, 4, 6, 3), dtype=np.uint8)
+        logits = torch.randn(1, 3, 2, 3)
+        out = dense_crf_batch(images, logits, backend="none")
+        assert out.shape == (1, 3, 4, 6) and torch.allclose(out.sum(1), torch.ones(1, 4, 6))
+    finally:
+        unregister_crf_backend("none")
+    assert crf_backend_names() == ("auto", "pydensecrf", "torch")
+
+
+# ----------------------------------------------------------------------------------- every checked key
+_RECO_BASE = {"dataset_name": "cityscapes"}
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("encoder_arch", "DINOv2-S/16", "DeiT-S/16-SIN, DINOv2-S/14"),
+    ("clip_arch", "ViT-L/14-336", "ViT-L/14@336px, ViT-L/14"),
+    ("dense_clip_arch", "ViT-B/16", "RN50, RN101, RN50x4, RN50x16, RN50x64, tiny-rn-clip"),
+    ("crf_backend", "cuda", "auto, pydensecrf, torch"),
+    ("dataset_name", "pascal", "cityscapes, coco_stuff, kitti_step"),
+])
+def test_unknown_name_is_one_error_line_listing_the_known(tmp_path, capsys, key, value, expected):
+    config = _write(tmp_path, {"dir_ckpt": str(tmp_path / "ckpt"), **_RECO_BASE, key: value})
+    assert main_reco.main(["--config", config, "--stage", "index"]) == 2
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"error: {key}: unknown value {value!r}; known: ") and expected in first, first
+    assert not (tmp_path / "ckpt").exists()  # nothing ran
+
+
+def test_open_clip_spellings_and_known_names_pass(tmp_path):
+    from entry.validation import check_reco_names
+    from utils.config import load_reco_config
+
+    config = load_reco_config(_write(tmp_path, {"dir_ckpt": "x", "clip_arch": "ViT-B-16-SigLIP",
+                                                "dense_clip_arch": "RN50x16", "encoder_arch": "DINOv2-B/14-reg"}))
+    assert check_reco_names(config) is config
+
+
+@pytest.mark.parametrize("key, value", [("segmentor_name", "deeplabv3plus_vgg"), ("crf_backend", "gpu")])
+def test_reco_plus_unknown_names(tmp_path, capsys, key, value):
+    config = _write(tmp_path, {"dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(tmp_path),
+                               "dataset_name": "cityscapes", key: value})
+    assert main_reco_plus.main(["--config", config]) == 2
+    assert f"{key}: unknown value {value!r}; known: " in capsys.readouterr().err

@@ -128,3 +128,48 @@ def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_p
     out = tmp_path / "ckpt" / "cityscapes" / "val" / "reco" / "colour_vit_8_reg2_in_train_ce_ta_dc" / "k003"
     results = json.loads((out / "results.json").read_text())
     assert results["Mean IoU"] >= 0.9, results
+
+
+# ----------------------------------------------------------------------------------------------- CLIPs
+from networks.clip import DenseCLIP, _new_clip, clip_image_size, clip_input_adapter  # noqa: E402
+from networks.clip_registry import CLIPS, get_clip  # noqa: E402
+
+
+@pytest.mark.parametrize("name", list(CLIPS))
+def test_every_clip_entry_gives_its_declared_shapes(name):
+    """Tiny entries at random init on the CPU; real ones on the meta device (the real architecture and
+    forward without the cost): image and text embeddings of the declared width at the declared size,
+    and for DenseCLIP entries dense maps at two input sizes."""
+    spec = get_clip(name)
+    real = spec.tiny_config is not None
+    device = "cpu" if real else "meta"
+    with torch.device(device), torch.no_grad():
+        model = _new_clip(spec, "fp32", device)
+        size = clip_image_size(model)
+        assert size == spec.image_size
+        assert tuple(model.encode_image(torch.randn(2, 3, size, size)).shape) == (2, spec.embed_dim)
+        tokens = torch.zeros(2, model.context_length, dtype=torch.long)
+        assert tuple(model.encode_text(tokens).shape) == (2, spec.embed_dim)
+        if spec.dense:
+            dense = DenseCLIP(model)
+            for h, w in ((224, 320), (96, 64)):
+                assert tuple(dense(torch.randn(1, 3, h, w)).shape) == (1, dense.embed_dim, h // 32, w // 32)
+
+
+def test_siglip_index_input_is_renormalised_and_openai_input_untouched():
+    from utils.normalisation import CLIP_MEAN, CLIP_STD
+
+    x = torch.randn(1, 3, 4, 4)
+    assert clip_input_adapter("ViT-L/14@336px")(x) is x
+    rgb = x * torch.tensor(CLIP_STD).view(1, 3, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    torch.testing.assert_close(clip_input_adapter("ViT-B/16-SigLIP")(x), (rgb - 0.5) / 0.5)
+
+
+def test_siglip_weights_must_be_a_file_folder_or_tag(tmp_path):
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"weights\.clip: file not found: .*open_clip_config\.json.*'webli'"):
+        networks.build_clip("ViT-B/16-SigLIP", str(tmp_path / "siglip.bin"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no open_clip_config.json"):
+        networks.build_clip("ViT-B/16-SigLIP", str(tmp_path / "empty"))

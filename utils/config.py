@@ -73,7 +73,7 @@ class RecoConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N (checked when the config loads)
     seed: int = 0
     suffix: str = ""                    # appended to the experiment name after one '_' ('_try' and 'try' alike)
-    crf_backend: Literal["auto", "pydensecrf", "torch"] = "auto"
+    crf_backend: str = "auto"           # 'auto' or a backend in utils.crf.CRF_BACKENDS (checked by entry.validation)
     crf_workers: Optional[int] = None   # processes of the pydensecrf pool; None -> n_workers
     crf: bool = True                    # own images: refine with the dense CRF
     reproduce_seed_slice_bug: bool = False
@@ -138,7 +138,7 @@ class RecoPlusConfig:
     weights: RecoPlusWeights = field(default_factory=RecoPlusWeights)
     device: str = "auto"
     seed: int = 0
-    crf_backend: Literal["auto", "pydensecrf", "torch"] = "auto"
+    crf_backend: str = "auto"           # 'auto' or a backend in utils.crf.CRF_BACKENDS (checked by entry.validation)
     crf_workers: Optional[int] = None
     eval_batch_size: int = 16
     lr: float = 5e-4                    # head learning rate; the backbone uses lr * backbone_lr_ratio
