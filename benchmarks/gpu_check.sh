@@ -3,5 +3,5 @@
 # training benchmarks and an own-images run on the GPU, in under 8 minutes; one table; exit 1 if a CUDA
 # path fails.  Usage: bash benchmarks/gpu_check.sh [--out DIR] [--dry-run] [--strict-targets] [--parts ...]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec "${PYTHON:-python}" benchmarks/gpu_check.py "$@"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
+exec "$PYTHON" "$(dirname "${BASH_SOURCE[0]}")/gpu_check.py" "$@"   # --out is relative to the current directory
