@@ -97,3 +97,30 @@ def test_cuda_crf_equals_cpu_with_each_sparse_path(forced, mode):
     cuda = dense_crf_batch(torch.from_numpy(images).cuda(), logits.cuda(), backend="torch", chunk_size=2)
     assert cuda.device.type == "cuda"
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-5)
+
+
+def _nan_buffer_case(device):
+    matrix = sparse_ops.csr(torch.tensor([0, 2, 2, 3]), torch.tensor([0, 2, 1]), torch.tensor([1.0, 2.0, 3.0]),
+                            (3, 3)).to(device)
+    x = torch.arange(6, dtype=torch.float32, device=device).view(3, 2)
+    return matrix, x, matrix.to_dense() @ x
+
+
+@pytest.mark.parametrize("mode", [None, "matmul", "gather"])
+def test_a_buffer_full_of_nan_is_overwritten(forced, mode):
+    """Work buffers are reused without zeroing: with accumulate=False their old bits must not leak."""
+    forced(mode)
+    matrix, x, expected = _nan_buffer_case("cpu")
+    out = sparse_ops.spmm(matrix, x, torch.full((3, 2), float("nan")))
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", [None, "matmul", "gather"])
+def test_cuda_buffer_full_of_nan_is_overwritten(forced, mode):
+    forced(mode)
+    matrix, x, expected = _nan_buffer_case("cuda")
+    out = sparse_ops.spmm(matrix, x, torch.full((3, 2), float("nan"), device="cuda"))
+    torch.testing.assert_close(out, expected)
+    accumulated = sparse_ops.spmm(matrix, x, torch.ones(3, 2, device="cuda"), accumulate=True)
+    torch.testing.assert_close(accumulated, expected + 1)

@@ -77,6 +77,8 @@ def spmm(matrix: Tensor, x: Tensor, out: Tensor, accumulate: bool = False) -> Te
     for candidate in MODES[MODES.index(mode):]:
         try:
             if candidate == "addmm_out":
+                if not accumulate and out.is_cuda:  # a reused buffer may hold NaN bits, and 0 * NaN is NaN
+                    out.zero_()  # unless beta = 0 is special-cased, which is not promised; a memset is cheap
                 return torch.addmm(out, matrix, x, beta=1 if accumulate else 0, out=out)
             product = matrix @ x if candidate == "matmul" else _gather_spmm(matrix, x)
         except torch.OutOfMemoryError:
