@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,10 +15,11 @@ from tqdm import tqdm
 from datasets import metadata
 from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
 from datasets.registry import benchmark_names, get_benchmark
-from entry.reco_common import build_dense_clip, build_encoder, compute_references
+from entry.reco_common import build_dense_clip, build_encoder, check_index_size, compute_references
 from reco.inference import predict
 from reco.references import stack_references
 from reco.sliding import sliding_window_scores
+from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, setup_logging
@@ -53,17 +54,22 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     device = resolve_device(config.device)
     run_dir = run_dir_of(config, split)
     setup_logging(run_dir / "reco.log")
+    timing.set_output_dir(run_dir)
     logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
     save_json(run_dir / "config.json", {**config_to_dict(config), "split": split}, sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
     categories = metadata.categories(config.dataset_name)
+    if not reference_pickle_path(config).is_file():
+        check_index_size(config)  # n_imgs against the index, before minutes of model loading
 
+    logger.info("loading the models")
     encoder = build_encoder(config, device)
     dense = build_dense_clip(config, device)
     references = load_or_compute_references(config, categories, device, encoder, dense, run_dir)
     if references_only:
         return {}
-    text = dense.embed_text(categories) if dense is not None and config.dense_clip_inference else None
+    with timing.stage("text"):
+        text = dense.embed_text(categories) if dense is not None and config.dense_clip_inference else None
     return evaluate(
         config, dataset, split, run_dir, device, encoder,
         stack_references(references, categories).to(device),
@@ -76,10 +82,12 @@ def load_or_compute_references(config, categories, device, encoder, dense, run_d
     path = reference_pickle_path(config)
     if path.is_file():
         logger.info("reading reference embeddings from %s", path)
-        return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
+        with timing.stage("references (pickle)"):
+            return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
     references = compute_references(config, categories, device, encoder, dense,
                                     on_reference=cosegmentation_visualiser(run_dir))
-    save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
+    with timing.stage("writing"):
+        save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
     logger.info("wrote reference embeddings to %s", path)
     return references
 
@@ -88,10 +96,11 @@ def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, tor
     """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps."""
 
     def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
-        size = tuple(images.shape[-2:])
-        maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        save_cosegmentation(run_dir / f"coseg_{name}.png", denormalise_image(images[:5].cpu()),
-                            maps.cpu().numpy(), title=name)
+        with timing.stage("writing"):
+            size = tuple(images.shape[-2:])
+            maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            save_cosegmentation(run_dir / f"coseg_{name}.png", denormalise_image(images[:5].cpu()),
+                                maps.cpu().numpy(), title=name)
 
     return visualise
 
@@ -162,7 +171,7 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
     save_masks = split == "train"
     skipped: list[str] = []
     resumed = 0
-    for i, batch in enumerate(tqdm(loader, desc=f"ReCo {name} {split}", unit="batch")):
+    for i, batch in enumerate(_timed_loading(tqdm(loader, desc=f"ReCo {name} {split}", unit="batch"))):
         skipped += batch["errors"]
         for error in batch["errors"]:
             logger.warning("skipped unreadable image %s", error)
@@ -179,19 +188,21 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
                                             config.slide_window, config.slide_stride)
         scores.update(labels, pred)
         scores_crf.update(labels, pred_crf)
-        if save_masks and saved is None:
-            for j, mask_name in enumerate(batch["name"]):
-                save_png(run_dir / "dt" / mask_name, pred[j].astype(np.uint8))
-                save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
-        if i < config.n_visualisations:
-            rgb = denormalise_image(batch["image"][:1])[0]
-            save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette)
+        with timing.stage("writing"):
+            if save_masks and saved is None:
+                for j, mask_name in enumerate(batch["name"]):
+                    save_png(run_dir / "dt" / mask_name, pred[j].astype(np.uint8))
+                    save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
+            if i < config.n_visualisations:
+                rgb = denormalise_image(batch["image"][:1])[0]
+                save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette)
 
     class_names = metadata.eval_categories(name)
     results = named_scores(scores.scores(), class_names)
     results_crf = named_scores(scores_crf.scores(), class_names)
-    save_json(run_dir / "results.json", results)
-    save_json(run_dir / "results_crf.json", results_crf)
+    with timing.stage("writing"):
+        save_json(run_dir / "results.json", results)
+        save_json(run_dir / "results_crf.json", results_crf)
     if resumed:
         logger.info("%d pseudo-masks were already written by an earlier run and were reused", resumed)
     if skipped:
@@ -203,14 +214,27 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
 
 
+def _timed_loading(batches: Iterable) -> Iterator:
+    """The loader's batches; the time spent waiting for each is the 'data loading' stage."""
+    iterator = iter(batches)
+    while True:
+        with timing.stage("data loading"):
+            batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch
+
+
 def _predict_batch(images, device, encoder, references, dense_clip, text, lut, crf_backend, crf_workers,
                    slide_window=None, slide_stride=112):
     """ReCo and ReCo + CRF label maps (B, H, W) of a batch, in the scored classes (numpy int64)."""
-    images = images.to(device, non_blocking=True)
-    probabilities = sliding_window_scores(  # (B, N, H, W); slide_window None: one pass, as the paper
-        images, lambda crop: predict(crop, encoder, references, dense_clip, text), slide_window, slide_stride)
-    refined = dense_crf_batch(denormalise_image(images.cpu()), torch.log_softmax(probabilities, dim=1),
-                              backend=crf_backend, n_workers=crf_workers)
+    with timing.stage("inference"):
+        images = images.to(device, non_blocking=True)
+        probabilities = sliding_window_scores(  # (B, N, H, W); slide_window None: one pass, as the paper
+            images, lambda crop: predict(crop, encoder, references, dense_clip, text), slide_window, slide_stride)
+    with timing.stage("CRF"):
+        refined = dense_crf_batch(denormalise_image(images.cpu()), torch.log_softmax(probabilities, dim=1),
+                                  backend=crf_backend, n_workers=crf_workers)
     pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)
     if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
         pred, pred_crf = lut[pred], lut[pred_crf]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
+import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,6 +20,7 @@ from image_index.storage import ensure_index, index_dir, published_pickle_path
 from reco.references import ReferenceCache, compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
+from utils import timing
 from utils.config import ConfigError, RecoConfig, require_dir
 from utils.io import torch_save
 
@@ -48,18 +51,20 @@ def clip_precision(config: RecoConfig, device: torch.device) -> str:
 
 
 def build_encoder(config: RecoConfig, device: torch.device) -> nn.Module:
-    return networks.build_encoder(config.encoder_arch, config.weights.encoder, key="weights.encoder").to(device)
+    with timing.stage("models"):
+        return networks.build_encoder(config.encoder_arch, config.weights.encoder, key="weights.encoder").to(device)
 
 
 def build_dense_clip(config: RecoConfig, device: torch.device) -> Optional[DenseClipModels]:
     """DenseCLIP and its text tower, or None when neither text attention nor DenseCLIP inference is on."""
     if not (config.text_attention or config.dense_clip_inference):
         return None
-    clip_model, tokenizer = networks.build_clip(
-        config.dense_clip_arch, config.weights.dense_clip, device=device,
-        precision=clip_precision(config, device), key="weights.dense_clip",
-    )
-    dense_clip = DenseCLIP(clip_model).to(device).eval()
+    with timing.stage("models"):
+        clip_model, tokenizer = networks.build_clip(
+            config.dense_clip_arch, config.weights.dense_clip, device=device,
+            precision=clip_precision(config, device), key="weights.dense_clip",
+        )
+        dense_clip = DenseCLIP(clip_model).to(device).eval()
     return DenseClipModels(dense_clip, clip_model, tokenizer)
 
 
@@ -127,7 +132,8 @@ def compute_references(
     missing = [n for n in names if not _cached_or_aliased(n, cache, contexts, config)]
     paths: dict[str, list[Path]] = {}
     if missing:
-        paths = retrieve(config, missing, device, build_missing_index, retrieval_clip)
+        with timing.stage("retrieval", log=True):
+            paths = retrieve(config, missing, device, build_missing_index, retrieval_clip)
 
     def retrieve_images(name: str) -> torch.Tensor:
         if name not in paths:  # cached when checked, but the entry became unreadable since
@@ -136,21 +142,37 @@ def compute_references(
 
     text = None
     if dense is not None and config.text_attention:
-        embedded = dense.embed_text(names)
+        with timing.stage("text"):
+            embedded = dense.embed_text(names)
         text = {n: embedded[i] for i, n in enumerate(names)}
-    return compute_reference_embeddings(
-        categories,
-        retrieve_images,
-        encoder,
-        dense_clip=dense.dense_clip if dense is not None and config.text_attention else None,
-        text_embedding=(lambda n: text[n]) if text is not None else None,
-        context_categories=contexts,
-        aliases=config.reference_aliases,
-        reproduce_slice_bug=config.reproduce_seed_slice_bug,
-        cache=cache,
-        on_reference=on_reference,
-        progress=progress or (lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category")),
-    )
+    bars = progress or (lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category"))
+    with timing.stage("co-segmentation", log=True):
+        return compute_reference_embeddings(
+            categories,
+            retrieve_images,
+            encoder,
+            dense_clip=dense.dense_clip if dense is not None and config.text_attention else None,
+            text_embedding=(lambda n: text[n]) if text is not None else None,
+            context_categories=contexts,
+            aliases=config.reference_aliases,
+            reproduce_slice_bug=config.reproduce_seed_slice_bug,
+            cache=cache,
+            on_reference=on_reference,
+            progress=lambda items, desc: _timed_per_category(bars(items, desc)),
+        )
+
+
+def _timed_per_category(items: Iterable) -> Iterator:
+    """Yield the categories of a co-segmentation loop, recording the time spent on each (timings.json)."""
+    for item in items:
+        start = time.perf_counter()
+        yield item
+        seconds = time.perf_counter() - start
+        timer = timing.current()
+        if timer is not None:
+            timer.add_item("co-segmentation", str(item), seconds)
+        if seconds > 0.05:  # cached categories take no time: only those co-segmented are logged
+            logger.info("co-segmented %s in %.2f s", item, seconds)
 
 
 def reference_cache_root(config: RecoConfig) -> Path:
@@ -171,12 +193,16 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
 
         logger.info("no ImageNet index yet: building it (every image of dir_imagenet is embedded once)")
         run_index_stage(config)
-    clip_model, tokenizer = (retrieval_clip or (lambda: build_retrieval_clip(config, device)))()
-    queries = text_embeddings(clip_model, tokenizer, list(names))
+    check_index_size(config)
+    with timing.stage("models"):
+        clip_model, tokenizer = (retrieval_clip or (lambda: build_retrieval_clip(config, device)))()
+    with timing.stage("text"):
+        queries = text_embeddings(clip_model, tokenizer, list(names))
     del clip_model  # when built here: freed before the index is read
     index = ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split, expected_dim=queries.shape[1])
     if len(index.filenames) < config.n_imgs:
-        raise ConfigError(f"n_imgs: {config.n_imgs} images asked for but the index holds {len(index.filenames)}")
+        raise ConfigError(f"n_imgs: {config.n_imgs} images asked for but the index at {index.directory} holds "
+                          f"{len(index.filenames)}")
     exact = None
     if index.float32_rows is not None:  # a converted pickle whose float32 values float16 cannot hold
         bounds = index.meta["float32_rows"]
@@ -187,6 +213,24 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
         name: [imagenet.imagenet_path(dir_imagenet, config.imagenet_split, index.filenames[i]) for i in row]
         for name, row in zip(names, top.tolist())
     }
+
+
+def check_index_size(config: RecoConfig) -> None:
+    """n_imgs against the built index's image count (its meta.json), before any model is loaded.
+
+    Nothing to check while the index is not built yet (or only the authors' pickle is there): the count is
+    checked again once the index is read.
+    """
+    if config.dir_imagenet is None:
+        return
+    meta_file = index_dir(config.dir_imagenet, config.clip_arch, config.imagenet_split) / "meta.json"
+    try:
+        count = int(json.loads(meta_file.read_text())["count"])
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: load_index reports it later
+        return
+    if count < config.n_imgs:
+        raise ConfigError(f"n_imgs: {config.n_imgs} images per category asked for, but the ImageNet index at "
+                          f"{meta_file.parent} holds only {count} images")
 
 
 def build_retrieval_clip(config: RecoConfig, device: torch.device) -> tuple[nn.Module, Callable]:

@@ -17,7 +17,7 @@ from datasets.imagenet import IndexBuildDataset, clip_normalise, list_imagenet_i
 from entry.reco_common import clip_precision
 from image_index.storage import ensure_index, index_dir, published_pickle_path
 from image_index.build import build_index
-from utils import distributed
+from utils import distributed, timing
 from utils.config import RecoConfig, require_dir
 from utils.device import resolve_device, setup_logging
 
@@ -36,14 +36,16 @@ def run_index_stage(config: RecoConfig) -> Path:
     try:
         if published.is_file():  # convert the authors' pickle once (rank 0), instead of embedding
             if rank == 0:
-                ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split)
+                with timing.stage("index conversion", log=True):
+                    ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split)
             distributed.barrier()
             return out_dir
         device = resolve_device(config.device)
         if rank == 0:
             setup_logging(out_dir.parent / f"build_{out_dir.name}.log")
-        clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
-                                            precision=clip_precision(config, device), key="weights.clip")
+        with timing.stage("models"):
+            clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
+                                                precision=clip_precision(config, device), key="weights.clip")
         image_size = networks.clip_image_size(clip_model)
         paths = list_imagenet_images(dir_imagenet, config.imagenet_split)
         if not paths:
@@ -59,14 +61,15 @@ def run_index_stage(config: RecoConfig) -> Path:
             return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
 
         meta = {"clip_arch": config.clip_arch, "split": config.imagenet_split, "image_size": image_size}
-        build_index(
-            paths, embed, out_dir, meta,
-            make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False),
-            batch_size=config.index_batch_size, num_workers=index_workers(config, device),
-            shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
-            barrier=distributed.barrier, logger=logger,
-            autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
-        )
+        with timing.stage("index build", log=True):
+            build_index(
+                paths, embed, out_dir, meta,
+                make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False),
+                batch_size=config.index_batch_size, num_workers=index_workers(config, device),
+                shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
+                barrier=distributed.barrier, logger=logger,
+                autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
+            )
     finally:
         distributed.cleanup()
     return out_dir

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from datasets import images as own
 from reco_api.model import ReCo, check_categories
+from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.device import setup_logging
 from utils.io import save_json, save_png
@@ -56,6 +57,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
     out_dir = Path(out)
     with staged_output(out_dir) as stage:
         setup_logging(stage / "reco.log")
+        timing.set_output_dir(out_dir)  # timings.json is written there once the run has succeeded
         logger.info("segmenting %d images in %s into %d categories -> %s", len(paths), images, len(categories), out_dir)
         save_json(stage / "config.json", {**config_to_dict(config), "categories": categories, "images": str(images)})
         model = ReCo(config)
@@ -68,14 +70,16 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
             loaded = []
             for path, stem in zip(paths[start:start + config.batch_size], stems[start:start + config.batch_size]):
                 try:
-                    loaded.append((stem, own.load_image(path, model.max_image_pixels)))
+                    with timing.stage("data loading"):
+                        loaded.append((stem, own.load_image(path, model.max_image_pixels)))
                 except (OSError, ValueError) as e:  # unreadable, or over the pixel limit
                     logger.warning("skipped %s", e)
                     summary["skipped"].append(str(path))
             results = model.segment_batch([image for _, image in loaded], categories, crf=crf)
             for (stem, _), result in zip(loaded, results):
-                save_png(stage / "masks" / f"{stem}.png", result.labels)
-                save_png(stage / "overlays" / f"{stem}.png", result.overlay_array)
+                with timing.stage("writing"):
+                    save_png(stage / "masks" / f"{stem}.png", result.labels)
+                    save_png(stage / "overlays" / f"{stem}.png", result.overlay_array)
                 summary["images"][stem] = result.fractions
             progress.update(len(paths[start:start + config.batch_size]))
         progress.close()

@@ -28,6 +28,7 @@ from reco.inference import predict
 from reco.references import stack_references
 from reco_api.result import Segmentation
 from utils.config import RecoConfig, config_to_dict, load_reco_config, reco_config_from_dict
+from utils import timing
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device
 from utils.visualise import label_palette
@@ -185,9 +186,11 @@ class ReCo:
         results: list[Optional[Segmentation]] = [None] * len(pictures)
         for n_done, chunk in enumerate(chunks):
             _report(progress, 0.9 + 0.1 * n_done / len(chunks), f"segmenting {len(pictures)} image(s)")
-            batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
-            scores = predict(batch, self.encoder, matrix, dense_clip, text)  # (B, N, h, w)
-            probabilities = self._crf(batch, scores) if crf else None
+            with timing.stage("inference"):
+                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+                scores = predict(batch, self.encoder, matrix, dense_clip, text)  # (B, N, h, w)
+            with timing.stage("CRF"):
+                probabilities = self._crf(batch, scores) if crf else None
             labels = (probabilities if probabilities is not None else scores).argmax(dim=1)  # (B, h, w)
             for j, i in enumerate(chunk):
                 results[i] = Segmentation(

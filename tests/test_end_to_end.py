@@ -16,22 +16,10 @@ from PIL import Image
 
 import main_reco
 import networks
-from colour_models import ColourCLIP, ColourDenseCLIP, ColourEncoder, ColourTokenizer, distinct_colours
+from demo.colour_models import ColourCLIP, ColourDenseCLIP, ColourEncoder, ColourTokenizer
+from demo.world import colour_world  # noqa: F401  (imported from here by other tests)
 from datasets import metadata
-from synthetic import CLASS_COLOURS, SCENE_CLASSES, write_cityscapes, write_imagenet
-
-SCENE_COLOUR_OF = {"vegetation": CLASS_COLOURS["vegetation"], "tree": CLASS_COLOURS["vegetation"],
-                   **{c: CLASS_COLOURS[c] for c in SCENE_CLASSES}}
-
-
-def colour_world(words):
-    """word -> colour index; scene classes keep their scene colour, `tree` shares vegetation's."""
-    fixed = [CLASS_COLOURS[c] for c in SCENE_CLASSES]
-    others = [w for w in words if w not in SCENE_COLOUR_OF]
-    colours = distinct_colours(len(fixed) + len(others), fixed)
-    vocabulary = {w: fixed.index(SCENE_COLOUR_OF[w]) for w in words if w in SCENE_COLOUR_OF}
-    vocabulary.update({w: len(fixed) + i for i, w in enumerate(others)})
-    return vocabulary, colours
+from synthetic import write_cityscapes, write_imagenet
 
 
 def install_colour_models(monkeypatch, vocabulary, colours):
