@@ -15,12 +15,13 @@ from tqdm import tqdm
 from datasets import metadata
 from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
 from datasets.registry import benchmark_names, get_benchmark
+from entry.preflight import check_run_inputs
 from entry.reco_common import build_dense_clip, build_encoder, check_index_size, compute_references
 from reco.inference import predict
 from reco.references import stack_references
 from reco.sliding import sliding_window_scores
 from utils import timing
-from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
+from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, setup_logging
 from utils.io import atomic_write, safe_load_pickle, save_json, save_pickle, save_png
@@ -50,7 +51,8 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     if config.background.mode != "none":
         raise ConfigError(f"background.mode: {config.background.mode!r} applies to the open-vocabulary benchmarks "
                           f"with a background class only; {config.dataset_name} has none")
-    require_dir(config, "dir_dataset")
+    categories = metadata.categories(config.dataset_name)
+    check_run_inputs(config, stage="benchmark", categories=categories, reference_pickle=reference_pickle_path(config))
     device = resolve_device(config.device)
     run_dir = run_dir_of(config, split)
     setup_logging(run_dir / "reco.log")
@@ -58,7 +60,6 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
     save_json(run_dir / "config.json", {**config_to_dict(config), "split": split}, sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
-    categories = metadata.categories(config.dataset_name)
     if not reference_pickle_path(config).is_file():
         check_index_size(config)  # n_imgs against the index, before minutes of model loading
 

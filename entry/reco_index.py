@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 import networks
 from datasets.imagenet import IndexBuildDataset, clip_normalise, list_imagenet_images
+from entry.preflight import check_run_inputs
 from entry.reco_common import clip_precision
-from image_index.storage import ensure_index, index_dir, published_pickle_path
+from image_index.storage import ensure_index, index_dir, published_pickle_hint, published_pickle_path
 from image_index.build import build_index
 from utils import distributed, timing
 from utils.config import RecoConfig, require_dir
@@ -26,6 +27,7 @@ logger = logging.getLogger("reco")
 
 def run_index_stage(config: RecoConfig) -> Path:
     """Build {dir_imagenet}/index/{tag}_{split}/ unless it exists; resumes an interrupted build."""
+    check_run_inputs(config, stage="index")
     dir_imagenet = require_dir(config, "dir_imagenet")
     out_dir = index_dir(dir_imagenet, config.clip_arch, config.imagenet_split)
     if (out_dir / "meta.json").is_file():
@@ -51,7 +53,7 @@ def run_index_stage(config: RecoConfig) -> Path:
         if not paths:
             raise FileNotFoundError(
                 f"dir_imagenet: no images in {dir_imagenet / config.imagenet_split}/<wnid>/*.JPEG to build the "
-                f"index from; or put the authors' {published.name} into {dir_imagenet}")
+                f"index from; {published_pickle_hint(dir_imagenet, config.clip_arch, config.imagenet_split)}")
 
         to_model_input = networks.clip_input_adapter(config.clip_arch)  # identity for OpenAI CLIPs
 

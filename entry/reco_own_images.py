@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from datasets import images as own
 from reco_api.model import ReCo, check_categories
+from entry.preflight import check_run_inputs
 from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.device import setup_logging
@@ -52,6 +53,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
     if out is None:
         raise ConfigError("--out: give an output folder for the masks and overlays")
     categories = parse_categories(categories_arg, config.categories)
+    check_run_inputs(config, stage="own_images", categories=categories)
     paths = own.list_images(images)
     stems = own.output_stems(paths, images)
     out_dir = Path(out)

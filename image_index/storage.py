@@ -34,6 +34,22 @@ FORMAT_VERSION = 1
 REBUILD_HINT = "python main_reco.py --config CFG --stage index"
 
 
+# The only index pickle the authors published (scripts/download_artefacts.sh --index fetches it).
+PUBLISHED_INDEXES = (("ViT-L/14@336px", "train"),)
+
+
+def published_pickle_hint(dir_imagenet: str | os.PathLike, clip_arch: str, split: str) -> str:
+    """How a pickle could replace the build: download the authors' one where it exists, else say that there
+    is none for this CLIP and split (a pickle in their format under the expected name would still do)."""
+    pkl = published_pickle_path(dir_imagenet, clip_arch, split)
+    if (clip_arch, split) in PUBLISHED_INDEXES:
+        return (f"or download the authors' {pkl.name} (bash scripts/download_artefacts.sh DATASET DIR --index) "
+                f"and put it at {pkl} (converted on first use)")
+    published = ", ".join(f"{arch} {sp}" for arch, sp in PUBLISHED_INDEXES)
+    return (f"the authors published an index pickle only for {published}, so for clip_arch={clip_arch!r}, "
+            f"split={split!r} the index must be built (a pickle in their format at {pkl} would be converted)")
+
+
 class IndexNotFoundError(FileNotFoundError):
     """Neither an index nor the authors' published pickle is there; the message says how to get one."""
 
@@ -138,7 +154,7 @@ def ensure_index(dir_imagenet: str | os.PathLike, clip_arch: str, split: str, ex
             raise IndexNotFoundError(
                 f"no ImageNet index for clip_arch={clip_arch!r}, split={split!r}: expected {directory}/. Build it "
                 f"with `{REBUILD_HINT}` (resumable; `torchrun --nproc_per_node=N main_reco.py ...` for several "
-                f"GPUs), or download the authors' {pkl.name} and put it at {pkl} (converted on first use)")
+                f"GPUs); {published_pickle_hint(dir_imagenet, clip_arch, split)}")
         convert_published_pickle(pkl, directory, clip_arch, split, expected_dim=expected_dim, logger=logger)
     return load_index(directory, expected_dim=expected_dim, expected_arch=clip_arch)
 

@@ -130,3 +130,51 @@ def test_run_dir_results_are_strict_json(tmp_path):
     results = next((tmp_path / "ckpt").rglob("results.json"))
     loaded = json.loads(results.read_text(), parse_constant=lambda c: pytest.fail(f"constant {c}"))
     assert loaded["bicycle"] is None and isinstance(loaded["Mean IoU"], float)
+
+
+def test_every_missing_input_of_the_run_in_one_message_naming_the_config(tmp_path, capsys):
+    path = reco_yaml(tmp_path, dir_imagenet=None, encoder_arch="DeiT-S/16-SIN", clip_arch="ViT-L/14@336px",
+                     dense_clip_arch="RN50x16",
+                     weights={"clip": str(tmp_path / "ViT-L-14-336px.pt"), "encoder": str(tmp_path / "deit.pth")})
+    assert main_reco.main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: 5 inputs of this run are missing:")
+    for expected in ("dir_dataset: directory not found", "dir_imagenet: not set",
+                     f"weights.clip: file not found: {tmp_path / 'ViT-L-14-336px.pt'}",
+                     f"weights.encoder: file not found: {tmp_path / 'deit.pth'}", "weights.dense_clip: not set"):
+        assert expected in err, expected
+    assert not (tmp_path / "ckpt").exists()  # nothing was started
+
+
+def test_n_imgs_larger_than_the_index_is_found_before_any_model_is_built(tmp_path, capsys, monkeypatch):
+    from synthetic import write_cityscapes, write_imagenet
+
+    write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=2)  # 10 images
+    write_cityscapes(tmp_path / "cityscapes", "val", n_images=1)
+    assert main_reco.main(["--config", str(reco_yaml(tmp_path)), "--stage", "index"]) == 0
+    import networks
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("a model was built before n_imgs was checked")
+
+    monkeypatch.setattr(networks, "build_encoder", no_models)
+    monkeypatch.setattr(networks, "build_clip", no_models)
+    assert main_reco.main(["--config", str(reco_yaml(tmp_path, n_imgs=50))]) == 2
+    (line,) = error_lines(capsys)
+    assert "n_imgs: 50 images per category asked for" in line and "holds only 10 images" in line
+
+
+@pytest.mark.parametrize("clip_arch, published", [("ViT-L/14@336px", True), ("tiny-vit-clip", False)])
+def test_missing_index_suggests_a_pickle_only_where_the_authors_published_one(tmp_path, clip_arch, published):
+    from image_index.storage import IndexNotFoundError, ensure_index
+
+    with pytest.raises(IndexNotFoundError) as error:
+        ensure_index(tmp_path, clip_arch, "train")
+    message = str(error.value)
+    assert "--stage index" in message
+    assert ("download the authors'" in message) == published
+    if not published:
+        assert "published an index pickle only for ViT-L/14@336px train" in message
+    with pytest.raises(IndexNotFoundError) as error:
+        ensure_index(tmp_path, "ViT-L/14@336px", "val")
+    assert "download" not in str(error.value)
