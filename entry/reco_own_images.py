@@ -56,6 +56,8 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
     check_run_inputs(config, stage="own_images", categories=categories)
     paths = own.list_images(images)
     stems = own.output_stems(paths, images)
+    if Path(images).is_file():  # one named file that cannot be read is an error, not a skipped image
+        own.load_image(images)
     out_dir = Path(out)
     with staged_output(out_dir) as stage:
         setup_logging(stage / "reco.log")

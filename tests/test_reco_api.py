@@ -210,7 +210,7 @@ def test_bad_images_and_a_very_wide_one(tmp_path, colour_setup):
     assert list(summary["images"]) == ["scene0"] and summary["skipped"][0].endswith("bomb.png")
 
 
-def test_single_image_file_and_no_half_made_output(tmp_path, colour_setup, monkeypatch):
+def test_single_image_file_and_no_half_made_output(tmp_path, colour_setup, monkeypatch, capsys):
     expected = write_scenes(tmp_path / "photos", sizes=((40, 60),))
     image = tmp_path / "photos" / "scene0.jpg"
     out = tmp_path / "single"
@@ -229,6 +229,11 @@ def test_single_image_file_and_no_half_made_output(tmp_path, colour_setup, monke
         argv = ["--config", str(broken), "--images", str(image), "--categories", "zebra", "--out", str(target)]
         assert main_reco.main(argv) == 2
     assert not (tmp_path / "new").exists()
+    not_an_image = tmp_path / "photo.jpg"
+    not_an_image.write_text("text")
+    assert main_reco.main(["--config", str(colour_setup), "--images", str(not_an_image), "--categories", "sky",
+                           "--out", str(tmp_path / "new" / "out")]) == 2
+    assert "cannot read image" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "reco.log"} == before
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
