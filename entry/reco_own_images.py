@@ -66,6 +66,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
         save_json(stage / "config.json", {**config_to_dict(config), "categories": categories, "images": str(images)})
         model = ReCo(config)
         model.references(categories)  # retrieval and co-segmentation of new classes, before any image
+        model.release_retrieval_clip()  # not needed for segmenting: its memory is freed
         save_legend(stage / "legend.png", categories, label_palette(len(categories)))
 
         summary: dict = {"categories": categories, "images": {}, "skipped": []}

@@ -145,6 +145,11 @@ class ReCo:
             self._retrieval_clip = build_retrieval_clip(self.config, self.device)
         return self._retrieval_clip
 
+    def release_retrieval_clip(self) -> None:
+        """Free the retrieval CLIP (ViT-L/14@336px: about 1 GB) until a new class needs it again."""
+        with self._lock:
+            self._retrieval_clip = None
+
     def _text_embeddings(self, names: list[str]) -> Optional[torch.Tensor]:
         """(N, D) DenseCLIP text embeddings when DenseCLIP inference is on, else None."""
         if self.dense is None or not self.config.dense_clip_inference:
