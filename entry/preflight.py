@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from image_index.storage import index_dir, published_pickle_path
 from networks.clip_registry import find_clip
 from networks.encoder_registry import get_encoder
 from networks.weights import RANDOM
@@ -33,7 +32,10 @@ def check_run_inputs(config: RecoConfig, *, stage: str, categories: Optional[Seq
         (reference_pickle is None or not reference_pickle.is_file()) and _references_to_compute(config, categories))
     index_built = False
     if needs_index:
-        if _need_dir(config, "dir_imagenet", "the ImageNet root holding train/<wnid>/*.JPEG", problems):
+        if config.collection_dir is not None:  # retrieval from an image folder instead of ImageNet
+            if _need_dir(config, "collection_dir", "a folder of images", problems):
+                index_built = _index_available(config)
+        elif _need_dir(config, "dir_imagenet", "the ImageNet root holding train/<wnid>/*.JPEG", problems):
             index_built = _index_available(config)
         if not index_built or stage != "index":  # text queries need the retrieval CLIP even with an index
             _need_weights(problems, "weights.clip", config.weights.clip, _clip_tags(config.clip_arch),
@@ -76,8 +78,9 @@ def _clip_tags(arch: str) -> tuple[str, ...]:
 
 
 def _index_available(config: RecoConfig) -> bool:
-    return (index_dir(config.dir_imagenet, config.clip_arch, config.imagenet_split).exists()
-            or published_pickle_path(config.dir_imagenet, config.clip_arch, config.imagenet_split).is_file())
+    from entry.collection import collection_of
+
+    return collection_of(config).index_exists()
 
 
 def _references_to_compute(config: RecoConfig, categories: Optional[Sequence[str]]) -> bool:

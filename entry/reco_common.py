@@ -15,13 +15,13 @@ from tqdm import tqdm
 
 import networks
 from datasets import imagenet
+from entry.collection import collection_of
 from networks.clip import DenseCLIP
-from image_index.storage import ensure_index, index_dir, published_pickle_path
 from reco.references import ReferenceCache, compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
 from utils import timing
-from utils.config import ConfigError, RecoConfig, require_dir
+from utils.config import ConfigError, RecoConfig
 from utils.io import torch_save
 
 logger = logging.getLogger("reco")
@@ -73,7 +73,7 @@ class FileReferenceCache(ReferenceCache):
 
     def __init__(self, root: Path, config: RecoConfig) -> None:
         setting = "_".join([
-            _slug(config.encoder_arch), "retrieval", _slug(config.clip_arch), f"in_{config.imagenet_split}",
+            _slug(config.encoder_arch), "retrieval", _slug(config.clip_arch), config.retrieval_tag,
             f"k{config.n_imgs}",
         ] + ([f"ta_{_slug(config.dense_clip_arch)}"] if config.text_attention else [])
           + (["slicebug"] if config.reproduce_seed_slice_bug else []))
@@ -182,16 +182,17 @@ def reference_cache_root(config: RecoConfig) -> Path:
 def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
              build_missing_index: bool = True,
              retrieval_clip: Optional[Callable[[], tuple[nn.Module, Callable]]] = None) -> dict[str, list[Path]]:
-    """Top-k ImageNet image paths of each name, by CLIP text-to-image similarity on the index.
+    """Top-k image paths of the retrieval collection (ImageNet or collection_dir) for each name, by CLIP
+    text-to-image similarity on its index.
 
     A missing index is built first (or converted from the authors' pickle) when `build_missing_index`;
     otherwise the error says how to build it.
     """
-    dir_imagenet = require_dir(config, "dir_imagenet")
-    if build_missing_index and not index_exists(dir_imagenet, config.clip_arch, config.imagenet_split):
+    collection = collection_of(config)
+    if build_missing_index and not collection.index_exists():
         from entry.reco_index import run_index_stage
 
-        logger.info("no ImageNet index yet: building it (every image of dir_imagenet is embedded once)")
+        logger.info("no index of %s yet: building it (every image is embedded once)", collection.root)
         run_index_stage(config)
     check_index_size(config)
     with timing.stage("models"):
@@ -199,7 +200,7 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
     with timing.stage("text"):
         queries = text_embeddings(clip_model, tokenizer, list(names))
     del clip_model  # when built here: freed before the index is read
-    index = ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split, expected_dim=queries.shape[1])
+    index = collection.load_index(expected_dim=queries.shape[1])
     if len(index.filenames) < config.n_imgs:
         raise ConfigError(f"n_imgs: {config.n_imgs} images asked for but the index at {index.directory} holds "
                           f"{len(index.filenames)}")
@@ -209,10 +210,7 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
         exact = ExactRows(index.float32_rows, bounds["max_residual"], bounds["max_norm"])
     top = retrieve_top_k(queries, index.embeddings, config.n_imgs, device=device, exact_rows=exact)
     logger.info("retrieved %d images for each of %d categories", config.n_imgs, len(names))
-    return {
-        name: [imagenet.imagenet_path(dir_imagenet, config.imagenet_split, index.filenames[i]) for i in row]
-        for name, row in zip(names, top.tolist())
-    }
+    return {name: [collection.path_of(index.filenames[i]) for i in row] for name, row in zip(names, top.tolist())}
 
 
 def check_index_size(config: RecoConfig) -> None:
@@ -221,15 +219,17 @@ def check_index_size(config: RecoConfig) -> None:
     Nothing to check while the index is not built yet (or only the authors' pickle is there): the count is
     checked again once the index is read.
     """
-    if config.dir_imagenet is None:
+    try:
+        collection = collection_of(config)
+    except ConfigError:  # dir_imagenet / collection_dir unset or missing: reported by whoever needs it
         return
-    meta_file = index_dir(config.dir_imagenet, config.clip_arch, config.imagenet_split) / "meta.json"
+    meta_file = collection.index_dir / "meta.json"
     try:
         count = int(json.loads(meta_file.read_text())["count"])
     except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: load_index reports it later
         return
     if count < config.n_imgs:
-        raise ConfigError(f"n_imgs: {config.n_imgs} images per category asked for, but the ImageNet index at "
+        raise ConfigError(f"n_imgs: {config.n_imgs} images per category asked for, but the index at "
                           f"{meta_file.parent} holds only {count} images")
 
 
@@ -256,10 +256,9 @@ def load_images(paths: Sequence[Path]) -> torch.Tensor:
     return torch.cat(images)
 
 
-def index_exists(dir_imagenet: Path, clip_arch: str, split: str) -> bool:
-    """True if the index is built or the authors' pickle is there to be converted."""
-    return (index_dir(dir_imagenet, clip_arch, split).exists()
-            or published_pickle_path(dir_imagenet, clip_arch, split).is_file())
+def index_exists(config: RecoConfig) -> bool:
+    """True if the retrieval collection's index is built (or, for ImageNet, the authors' pickle is there)."""
+    return collection_of(config).index_exists()
 
 
 def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:

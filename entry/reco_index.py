@@ -1,4 +1,5 @@
-"""Index stage of main_reco.py: embed every ImageNet image with CLIP into the on-disk index (torchrun-aware).
+"""Index stage of main_reco.py: embed every image of the retrieval collection (ImageNet, or any folder
+given as collection_dir) with CLIP into the on-disk index (torchrun-aware).
 
     python main_reco.py --config CFG --stage index
     torchrun --nproc_per_node=8 main_reco.py --config CFG --stage index
@@ -13,33 +14,34 @@ import torch
 import torch.nn.functional as F
 
 import networks
-from datasets.imagenet import IndexBuildDataset, clip_normalise, list_imagenet_images
+from datasets.imagenet import IndexBuildDataset, clip_normalise
+from entry.collection import collection_of
 from entry.preflight import check_run_inputs
 from entry.reco_common import clip_precision
-from image_index.storage import ensure_index, index_dir, published_pickle_hint, published_pickle_path
 from image_index.build import build_index
 from utils import distributed, timing
-from utils.config import RecoConfig, require_dir
+from utils.config import RecoConfig
 from utils.device import resolve_device, setup_logging
 
 logger = logging.getLogger("reco")
 
 
 def run_index_stage(config: RecoConfig) -> Path:
-    """Build {dir_imagenet}/index/{tag}_{split}/ unless it exists; resumes an interrupted build."""
+    """Build the collection's index unless it exists ({dir_imagenet}/index/{tag}_{split}/ or
+    {collection_dir}/index/{tag}_{name}/); resumes an interrupted build."""
     check_run_inputs(config, stage="index")
-    dir_imagenet = require_dir(config, "dir_imagenet")
-    out_dir = index_dir(dir_imagenet, config.clip_arch, config.imagenet_split)
+    collection = collection_of(config)
+    out_dir = collection.index_dir
     if (out_dir / "meta.json").is_file():
         logger.info("index already built: %s", out_dir)
         return out_dir
-    published = published_pickle_path(dir_imagenet, config.clip_arch, config.imagenet_split)
+    published = collection.published_pickle
     rank, world_size, _ = distributed.init_distributed()
     try:
-        if published.is_file():  # convert the authors' pickle once (rank 0), instead of embedding
+        if published is not None and published.is_file():  # convert the authors' pickle once (rank 0)
             if rank == 0:
                 with timing.stage("index conversion", log=True):
-                    ensure_index(dir_imagenet, config.clip_arch, config.imagenet_split)
+                    collection.load_index()
             distributed.barrier()
             return out_dir
         device = resolve_device(config.device)
@@ -49,11 +51,9 @@ def run_index_stage(config: RecoConfig) -> Path:
             clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
                                                 precision=clip_precision(config, device), key="weights.clip")
         image_size = networks.clip_image_size(clip_model)
-        paths = list_imagenet_images(dir_imagenet, config.imagenet_split)
+        paths = collection.list_images()
         if not paths:
-            raise FileNotFoundError(
-                f"dir_imagenet: no images in {dir_imagenet / config.imagenet_split}/<wnid>/*.JPEG to build the "
-                f"index from; {published_pickle_hint(dir_imagenet, config.clip_arch, config.imagenet_split)}")
+            raise FileNotFoundError(collection.missing_images_message())
 
         to_model_input = networks.clip_input_adapter(config.clip_arch)  # identity for OpenAI CLIPs
 
@@ -62,7 +62,9 @@ def run_index_stage(config: RecoConfig) -> Path:
             pixels = to_model_input(clip_normalise(images.to(device, non_blocking=True)))
             return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
 
-        meta = {"clip_arch": config.clip_arch, "split": config.imagenet_split, "image_size": image_size}
+        meta = {"clip_arch": config.clip_arch, "split": collection.name, "image_size": image_size}
+        if not collection.is_imagenet:
+            meta["collection_dir"] = str(collection.root)
         with timing.stage("index build", log=True):
             build_index(
                 paths, embed, out_dir, meta,
@@ -71,6 +73,7 @@ def run_index_stage(config: RecoConfig) -> Path:
                 shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
                 barrier=distributed.barrier, logger=logger,
                 autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
+                names=collection.index_names(paths),
             )
     finally:
         distributed.cleanup()

@@ -45,7 +45,7 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
                 shard_size: int = 8192, device: Any = "cpu", rank: int = 0, world_size: int = 1,
                 progress: bool = True, barrier: Optional[Callable[[], None]] = None,
                 logger: Optional[logging.Logger] = None, prefetch_factor: int = 2,
-                autocast_dtype: torch.dtype = torch.float16) -> Path:
+                autocast_dtype: torch.dtype = torch.float16, names: Optional[Sequence[str]] = None) -> Path:
     """Embed `image_paths` into the index at `out_dir`: sharded, resumable, torchrun-aware.
 
     embed_fn(images (B, 3, S, S) on `device`) -> (B, D), called under inference_mode (and autocast to
@@ -58,12 +58,17 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     shards still missing when the job starts are dealt round-robin to the ranks (shards r, r+W, ... on a
     fresh build), so the split is deterministic; rank 0 merges once all ranks have passed `barrier`.
     Unreadable images are left out of the index, counted and listed in failed_images.txt.
+    names: what filenames.txt stores for each path (default: the basenames, ImageNet's format; a folder
+    collection stores relative paths, basenames need not be unique there).
     Finished shards are only reused by a build with the same paths, shard_size and meta (keep meta
     deterministic). Returns out_dir on every rank once the index is complete.
     """
     out_dir, logger = Path(out_dir), logger or logging.getLogger("reco")
     paths = [str(p) for p in image_paths]
-    _check_build_args(paths, meta, batch_size, shard_size, rank, world_size)
+    names = [os.path.basename(p) for p in paths] if names is None else [str(n) for n in names]
+    if len(names) != len(paths):
+        raise ValueError(f"build_index: {len(names)} names for {len(paths)} images")
+    _check_build_args(paths, names, meta, batch_size, shard_size, rank, world_size)
     if world_size > 1 and barrier is None:
         raise ValueError("build_index with world_size > 1 needs a barrier (e.g. utils.distributed.barrier)")
     sync = barrier or (lambda: None)
@@ -92,7 +97,7 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     if rank == 0:
         tmp = fresh_tmp_dir(out_dir)
         try:
-            n_kept, dim, failed = _merge_shards(work, n_shards, paths, tmp)
+            n_kept, dim, failed = _merge_shards(work, n_shards, paths, names, tmp)
             write_json(tmp / META_FILE, {**meta, "dim": dim, "count": n_kept, "n_failed": len(failed),
                                          "dtype": "float16", "format_version": FORMAT_VERSION, "source": "build"})
             publish(tmp, out_dir, logger)
@@ -107,8 +112,8 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     sync()
     return out_dir
 
-def _check_build_args(paths: list[str], meta: dict[str, Any], batch_size: int, shard_size: int, rank: int,
-                      world_size: int) -> None:
+def _check_build_args(paths: list[str], names: list[str], meta: dict[str, Any], batch_size: int, shard_size: int,
+                      rank: int, world_size: int) -> None:
     if not paths:
         raise ValueError("build_index: no images given")
     missing = [key for key in ("clip_arch", "split") if key not in meta]
@@ -118,11 +123,10 @@ def _check_build_args(paths: list[str], meta: dict[str, Any], batch_size: int, s
         raise ValueError(f"batch_size and shard_size must be positive, got {batch_size}, {shard_size}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
-    names = [os.path.basename(p) for p in paths]
     if len(set(names)) != len(names):
-        raise ValueError("build_index: image basenames must be unique (the index stores basenames)")
+        raise ValueError("build_index: image names must be unique (the index stores them: basenames by default)")
     if any("\n" in name for name in names):
-        raise ValueError("build_index: image basenames may not contain newlines")
+        raise ValueError("build_index: image names may not contain newlines")
 
 
 def _shard_files(work: Path, shard: int) -> tuple[Path, Path]:
@@ -213,7 +217,8 @@ def _embed_shards(paths: list[str], shards: list[int], work: Path, embed_fn: Cal
         del loader
 
 
-def _merge_shards(work: Path, n_shards: int, paths: list[str], tmp: Path) -> tuple[int, int, list[str]]:
+def _merge_shards(work: Path, n_shards: int, paths: list[str], names: list[str],
+                  tmp: Path) -> tuple[int, int, list[str]]:
     """Concatenate the shards (minus unreadable images) into tmp/; returns (count, dim, failed paths)."""
     markers = []
     for s in range(n_shards):
@@ -242,6 +247,6 @@ def _merge_shards(work: Path, n_shards: int, paths: list[str], tmp: Path) -> tup
     out.flush()
     del out
     failed_set = set(failed)
-    write_lines(tmp / FILENAMES_FILE, [os.path.basename(p) for i, p in enumerate(paths) if i not in failed_set])
+    write_lines(tmp / FILENAMES_FILE, [name for i, name in enumerate(names) if i not in failed_set])
     write_lines(tmp / FAILED_FILE, [paths[i] for i in failed])
     return count, dim, [paths[i] for i in failed]

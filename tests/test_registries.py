@@ -5,6 +5,8 @@ input sizes (tests/test_registry_networks.py); this file holds the dataset and c
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -161,3 +163,15 @@ def test_reco_plus_unknown_names(tmp_path, capsys, key, value):
                                "dataset_name": "cityscapes", key: value})
     assert main_reco_plus.main(["--config", config]) == 2
     assert f"{key}: unknown value {value!r}; known: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_names_registered_parts(path):
+    from entry.validation import check_reco_names, check_reco_plus_names
+    from utils.config import load_reco_config, load_reco_plus_config
+
+    if path.name.startswith("reco_plus"):
+        check_reco_plus_names(load_reco_plus_config(path))
+    else:
+        check_reco_names(load_reco_config(path))

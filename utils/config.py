@@ -56,6 +56,8 @@ class RecoConfig:
     dir_dataset: Optional[str] = None
     dir_imagenet: Optional[str] = None
     imagenet_split: Literal["train", "val"] = "train"
+    collection_dir: Optional[str] = None   # retrieve from any image folder instead of ImageNet
+    collection_name: Optional[str] = None  # names its index and experiment; None -> the folder's name
     dataset_name: Optional[str] = None  # a name in datasets.registry (checked by entry.validation)
     clip_arch: str = "ViT-L/14@336px"
     dense_clip_arch: str = "RN50x16"
@@ -102,9 +104,23 @@ class RecoConfig:
                               f"got {self.slide_stride}: windows would leave pixels uncovered")
 
     @property
+    def collection_label(self) -> str:
+        """The retrieval collection's name in index directories: imagenet_split for ImageNet, else
+        `collection_name` or the folder's name, reduced to letters, digits, '-' and '_'."""
+        if self.collection_dir is None:
+            return self.imagenet_split
+        name = self.collection_name or Path(self.collection_dir).expanduser().resolve().name
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "collection"
+
+    @property
+    def retrieval_tag(self) -> str:
+        """The collection in experiment names: in_{split} for ImageNet (the original's), col_{name} else."""
+        return f"in_{self.imagenet_split}" if self.collection_dir is None else f"col_{self.collection_label}"
+
+    @property
     def experiment_name(self) -> str:
         """SPEC 11: e.g. deit_s_16_sin_in_train_ce_ta (names the reference-embedding cache)."""
-        parts = [self.encoder_arch.replace("-", "_").replace("/", "_").lower(), f"in_{self.imagenet_split}"]
+        parts = [self.encoder_arch.replace("-", "_").replace("/", "_").lower(), self.retrieval_tag]
         parts += ["ce"] if self.context_elimination else []
         parts += ["ta"] if self.text_attention else []
         suffix = self.suffix.lstrip("_")  # '_try' and 'try' both give ..._try, never ...__try

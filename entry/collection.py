@@ -1,0 +1,115 @@
+"""The retrieval collection of a ReCo config: ImageNet (the default) or any folder of images.
+
+    ImageNet:  dir_imagenet/{split}/<wnid>/*.JPEG      index {dir_imagenet}/index/{clip tag}_{split}/
+               (the authors' published pickle in dir_imagenet is converted instead of embedding)
+    a folder:  collection_dir/**/<any image PIL reads>  index {collection_dir}/index/{clip tag}_{name}/
+               (name = collection_name, default the folder's name; the index/ folder itself is skipped)
+
+Index directories are named by collection and CLIP, so several coexist. An ImageNet index stores
+basenames (the original's format); a folder's index stores paths relative to collection_dir, since
+basenames need not be unique there.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+
+from datasets import imagenet
+from image_index.storage import (REBUILD_HINT, ImageNetIndex, IndexNotFoundError, ensure_index, index_dir,
+                                 index_tag, load_index, published_pickle_hint, published_pickle_path)
+from utils.config import ConfigError, RecoConfig, require_dir
+
+INDEX_FOLDER = "index"
+
+
+@dataclass(frozen=True)
+class Collection:
+    """key: the config key that names `root` (for errors); name: what index directories are named after."""
+
+    key: str
+    root: Path
+    name: str
+    clip_arch: str
+    is_imagenet: bool
+
+    @property
+    def index_dir(self) -> Path:
+        if self.is_imagenet:
+            return index_dir(self.root, self.clip_arch, self.name)
+        return self.root / INDEX_FOLDER / f"{index_tag(self.clip_arch)}_{self.name}"
+
+    @property
+    def published_pickle(self) -> Optional[Path]:
+        """The authors' pickle that replaces the build (ImageNet only)."""
+        return published_pickle_path(self.root, self.clip_arch, self.name) if self.is_imagenet else None
+
+    def index_exists(self) -> bool:
+        """True if the index is built or the authors' pickle is there to be converted."""
+        pickle = self.published_pickle
+        return self.index_dir.exists() or (pickle is not None and pickle.is_file())
+
+    def list_images(self) -> list[Path]:
+        """The images to index, in index row order."""
+        if self.is_imagenet:
+            return imagenet.list_imagenet_images(self.root, self.name)
+        return list_folder_images(self.root)
+
+    def index_names(self, paths: list[Path]) -> list[str]:
+        """What filenames.txt stores for each path: ImageNet basenames, else paths relative to the root."""
+        if self.is_imagenet:
+            return [p.name for p in paths]
+        return [Path(p).relative_to(self.root).as_posix() for p in paths]
+
+    def path_of(self, filename: str) -> Path:
+        """The image of an index filename."""
+        if self.is_imagenet:
+            return imagenet.imagenet_path(self.root, self.name, filename)
+        return self.root / filename
+
+    def load_index(self, expected_dim: Optional[int] = None) -> ImageNetIndex:
+        if self.is_imagenet:
+            return ensure_index(self.root, self.clip_arch, self.name, expected_dim=expected_dim)
+        if not self.index_dir.exists():
+            raise IndexNotFoundError(f"no index of collection_dir {self.root} for clip_arch={self.clip_arch!r}: "
+                                     f"expected {self.index_dir}/. Build it with `{REBUILD_HINT}`")
+        return load_index(self.index_dir, expected_dim=expected_dim, expected_arch=self.clip_arch)
+
+    def missing_images_message(self) -> str:
+        if self.is_imagenet:
+            return (f"dir_imagenet: no images in {self.root / self.name}/<wnid>/*.JPEG to build the index from; "
+                    f"{published_pickle_hint(self.root, self.clip_arch, self.name)}")
+        return f"collection_dir: no image files under {self.root} (searched recursively, {INDEX_FOLDER}/ skipped)"
+
+
+def collection_of(config: RecoConfig) -> Collection:
+    """The config's retrieval collection (its directory must exist)."""
+    if config.collection_dir is None:
+        return Collection("dir_imagenet", require_dir(config, "dir_imagenet"), config.imagenet_split,
+                          config.clip_arch, is_imagenet=True)
+    root = require_dir(config, "collection_dir").resolve()
+    return Collection("collection_dir", root, config.collection_label, config.clip_arch, is_imagenet=False)
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case file extensions PIL can open ('.jpg', '.png', '.webp', ...)."""
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def list_folder_images(root: str | os.PathLike) -> list[Path]:
+    """Every file under `root` whose extension PIL reads, recursively, sorted by relative path; the
+    top-level index/ folder (where the indexes live) and hidden entries are skipped. Unreadable files
+    among them are left to the build, which counts and lists them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"collection_dir: directory not found: {root}")
+    extensions = image_extensions()
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        here = Path(directory)
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and not (here == root and d == INDEX_FOLDER)]
+        found += [here / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in extensions]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
