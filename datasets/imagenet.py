@@ -70,6 +70,13 @@ def clip_preprocess(image: Image.Image, image_size: int) -> torch.Tensor:
     return clip_normalise(clip_crop(image, image_size))
 
 
+def clip_squash(image: Image.Image, image_size: int) -> torch.Tensor:
+    """The pixel part of SigLIP-style preprocessing: the whole image resized (bicubic) to size x size, aspect
+    ratio not kept, RGB -> uint8 (3, size, size). clip_normalise finishes it."""
+    image = TF.resize(image, [image_size, image_size], interpolation=InterpolationMode.BICUBIC)
+    return TF.pil_to_tensor(image.convert("RGB"))
+
+
 def clip_crop(image: Image.Image, image_size: int) -> torch.Tensor:
     """The pixel part of SPEC 2 (PIL, as the original): bicubic resize of the shorter side, centre crop,
     RGB conversion -> uint8 (3, size, size). clip_normalise finishes it, on any device."""
@@ -102,15 +109,20 @@ def clip_normalise(images: torch.Tensor) -> torch.Tensor:
 class IndexBuildDataset(Dataset):
     """Images of the index with SPEC 2 preprocessing. Item i -> (i, image (3, S, S) float32, ok).
 
+    resize: "crop" (SPEC 2, OpenAI CLIP) or "squash" (the whole image to S x S, SigLIP's preprocessing).
     normalise=False: the image is clip_crop's uint8 (3, S, S) instead, and the consumer applies
     clip_normalise (on the GPU: 4x fewer bytes through worker queues, pinning and the host-device copy).
     An unreadable or corrupt image never raises: it yields a zero image and ok=False, so the builder
     can exclude it from the index, count it and list it in its report.
     """
 
-    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, normalise: bool = True) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], image_size: int, normalise: bool = True,
+                 resize: str = "crop") -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if resize not in ("crop", "squash"):
+            raise ValueError(f"resize must be 'crop' (shorter side + centre crop, SPEC 2) or 'squash', got {resize!r}")
+        self.resize = clip_crop if resize == "crop" else clip_squash
         self.paths = [str(p) for p in paths]
         self.image_size = int(image_size)
         self.normalise = normalise
@@ -121,7 +133,7 @@ class IndexBuildDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, bool]:
         try:
             with Image.open(self.paths[i]) as image:
-                pixels = clip_crop(image, self.image_size)
+                pixels = self.resize(image, self.image_size)
             return i, clip_normalise(pixels) if self.normalise else pixels, True
         except Exception:  # corrupt/truncated/unreadable: reported by the builder, never a crash
             zeros = torch.zeros(3, self.image_size, self.image_size,

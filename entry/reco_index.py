@@ -56,6 +56,7 @@ def run_index_stage(config: RecoConfig) -> Path:
             raise FileNotFoundError(collection.missing_images_message())
 
         to_model_input = networks.clip_input_adapter(config.clip_arch)  # identity for OpenAI CLIPs
+        resize = networks.get_clip(config.clip_arch).index_resize  # "crop" for OpenAI CLIPs (SPEC 2)
 
         def embed(images: torch.Tensor) -> torch.Tensor:
             # uint8 from the workers; ToTensor + Normalize here, on the device, bit-identical to SPEC 2
@@ -68,7 +69,7 @@ def run_index_stage(config: RecoConfig) -> Path:
         with timing.stage("index build", log=True):
             build_index(
                 paths, embed, out_dir, meta,
-                make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False),
+                make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False, resize=resize),
                 batch_size=config.index_batch_size, num_workers=index_workers(config, device),
                 shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
                 barrier=distributed.barrier, logger=logger,

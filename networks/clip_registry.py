@@ -27,6 +27,8 @@ class ClipSpec:
     mean, std: the normalisation the image tower expects. The index pipeline normalises with CLIP's
         statistics; the embedding function re-normalises when these differ (SigLIP).
     dense: the image tower is a ModifiedResNet, usable as DenseCLIP / for text attention.
+    index_resize: how index images are brought to image_size: "crop" (shorter side, then centre crop:
+        OpenAI's and the original's) or "squash" (the whole image, aspect ratio not kept: SigLIP's).
     hf_tokenizer: the text tower needs a Hugging Face tokenizer (package `transformers`, tokenizer files
         from a local model folder or the hub) instead of OpenAI's bundled BPE.
     tiny_config: CLIP constructor arguments of a test architecture (no open_clip config).
@@ -43,6 +45,7 @@ class ClipSpec:
     std: tuple[float, float, float] = CLIP_STD
     dense: bool = False
     hf_tokenizer: bool = False
+    index_resize: str = "crop"
     tiny_config: Optional[Mapping[str, Any]] = field(default=None, compare=False)
 
     @property
@@ -65,7 +68,7 @@ def _openai(name: str, open_clip_name: str, image_size: int, embed_dim: int, den
 
 def _siglip(name: str, open_clip_name: str, image_size: int, embed_dim: int) -> ClipSpec:
     return ClipSpec(name=name, open_clip_name=open_clip_name, image_size=image_size, embed_dim=embed_dim,
-                    tags=("webli",), mean=SIGLIP_MEAN, std=SIGLIP_STD, hf_tokenizer=True)
+                    tags=("webli",), mean=SIGLIP_MEAN, std=SIGLIP_STD, hf_tokenizer=True, index_resize="squash")
 
 
 # Tiny CLIPs for tests and smoke runs. The text tower keeps the real vocabulary and context length so

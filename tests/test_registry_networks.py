@@ -173,3 +173,23 @@ def test_siglip_weights_must_be_a_file_folder_or_tag(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="holds no open_clip_config.json"):
         networks.build_clip("ViT-B/16-SigLIP", str(tmp_path / "empty"))
+
+
+def test_index_preprocessing_follows_the_clip_spec(tmp_path):
+    """OpenAI CLIPs: shorter side + centre crop (SPEC 2); SigLIP: the whole image squashed to the square."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+    from datasets.imagenet import IndexBuildDataset
+
+    assert get_clip("ViT-L/14@336px").index_resize == "crop" and get_clip("ViT-B/16-SigLIP").index_resize == "squash"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 60, 3), dtype=np.uint8))
+    image.save(tmp_path / "wide.png")
+    crop = IndexBuildDataset([tmp_path / "wide.png"], 16, normalise=False, resize="crop")[0][1]
+    squash = IndexBuildDataset([tmp_path / "wide.png"], 16, normalise=False, resize="squash")[0][1]
+    expected = TF.pil_to_tensor(TF.resize(image, [16, 16], interpolation=InterpolationMode.BICUBIC))
+    assert torch.equal(squash, expected) and not torch.equal(crop, squash)
+    with pytest.raises(ValueError, match="resize must be"):
+        IndexBuildDataset([tmp_path / "wide.png"], 16, resize="pad")
