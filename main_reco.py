@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.config is None and not args.demo:
         p.error("the following arguments are required: --config (or --demo)")
+    if args.demo and (args.config or args.images or args.stage != "all" or args.split != "val"):
+        p.error("--demo runs on its own world: give only --out (and --device)")
     return args
 
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
     if args.demo:
         from entry.reco_demo import run_demo
 
-        run_demo(args.out)
+        run_demo(args.out, device=args.device)
         return
     config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
     check_reco_names(config)

@@ -51,9 +51,9 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     if config.background.mode != "none":
         raise ConfigError(f"background.mode: {config.background.mode!r} applies to the open-vocabulary benchmarks "
                           f"with a background class only; {config.dataset_name} has none")
+    device = resolve_device(config.device)  # a missing GPU is reported before the inputs
     categories = metadata.categories(config.dataset_name)
     check_run_inputs(config, stage="benchmark", categories=categories, reference_pickle=reference_pickle_path(config))
-    device = resolve_device(config.device)
     run_dir = run_dir_of(config, split)
     setup_logging(run_dir / "reco.log")
     timing.set_output_dir(run_dir)

@@ -38,7 +38,7 @@ OWN_CLASSES = list(SCENE_CLASSES)  # the own images are segmented with these nam
 MIOU_EXPECTED = 0.9  # the colour-coded models segment the scenes almost perfectly (the tests check it)
 
 
-def demo_config(out_dir: Path) -> dict[str, Any]:
+def demo_config(out_dir: Path, device: str = "cpu") -> dict[str, Any]:
     """The config of the demo run (written to OUT/demo_config.yaml). Its architectures are the tiny test
     ones; the demo swaps in the colour-coded models, so run it through --demo, not --config."""
     world = out_dir / "world"
@@ -47,7 +47,7 @@ def demo_config(out_dir: Path) -> dict[str, Any]:
         "dir_imagenet": str(world / "ImageNet2012"), "dataset_name": "cityscapes",
         "clip_arch": "tiny-vit-clip", "dense_clip_arch": "tiny-rn-clip", "encoder_arch": "tiny-vit",
         "weights": {"clip": "random", "dense_clip": "random", "encoder": "random"},
-        "n_imgs": 3, "batch_size": 2, "n_workers": 0, "n_visualisations": 2, "device": "cpu",
+        "n_imgs": 3, "batch_size": 2, "n_workers": 0, "n_visualisations": 2, "device": device,
         "crf_workers": 1, "index_batch_size": 32, "index_shard_size": 256,
         "image_short_side": None,  # own images at their own (small) size: the CRF is the slowest stage
     }
@@ -88,8 +88,9 @@ def colour_models(vocabulary: dict[str, int], colours: list) -> Iterator[None]:
         networks.build_clip, networks.build_encoder, common.DenseCLIP = saved
 
 
-def run_demo(out: Optional[str] = None) -> dict[str, Any]:
-    """Write the world into `out` (default ./reco_demo), run every stage on it, print where things are."""
+def run_demo(out: Optional[str] = None, device: Optional[str] = None) -> dict[str, Any]:
+    """Write the world into `out` (default ./reco_demo), run every stage on it (on `device`, default the
+    CPU), print where things are."""
     from entry.reco_benchmark import run_benchmark
     from entry.reco_index import run_index_stage
     from entry.reco_own_images import run_own_images
@@ -102,7 +103,7 @@ def run_demo(out: Optional[str] = None) -> dict[str, Any]:
     config_path = out_dir / "demo_config.yaml"
     config_path.write_text("# The config of `python main_reco.py --demo` (run it through --demo: the demo swaps in\n"
                            "# colour-coded models for the tiny architectures named here).\n"
-                           + yaml.safe_dump(demo_config(out_dir), sort_keys=False))
+                           + yaml.safe_dump(demo_config(out_dir, device or "cpu"), sort_keys=False))
     config = load_reco_config(config_path)
     words = metadata.categories("cityscapes") + list(config.context_categories) + OWN_CLASSES
     vocabulary, colours, expected = write_world(out_dir, words)

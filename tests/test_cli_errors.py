@@ -85,9 +85,10 @@ def test_junk_weights_for_reco_plus(tmp_path, capsys, content):
 def test_junk_encoder_weights_name_key_file_and_reason(tmp_path, capsys):
     junk = tmp_path / "deit.pth"
     junk.write_text("hello\n")
-    from synthetic import write_cityscapes
+    from synthetic import write_cityscapes, write_imagenet
 
     write_cityscapes(tmp_path / "cityscapes", "val", n_images=1)
+    write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=1)
     path = reco_yaml(tmp_path, weights={"clip": "random", "dense_clip": "random", "encoder": str(junk)})
     assert main_reco.main(["--config", str(path), "--stage", "references"]) == 2
     (line,) = error_lines(capsys)

@@ -48,3 +48,9 @@ def test_demo_leaves_the_real_models_in_place(tmp_path):
             assert networks.build_clip is not before[0]
             raise RuntimeError("a failing stage")
     assert (networks.build_clip, networks.build_encoder, common.DenseCLIP) == before
+
+
+def test_demo_takes_no_config(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main_reco.main(["--demo", "--config", "configs/reco_tiny.yaml"])
+    assert exit_.value.code == 2 and "--demo runs on its own world" in capsys.readouterr().err
