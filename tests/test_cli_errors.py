@@ -179,3 +179,23 @@ def test_missing_index_suggests_a_pickle_only_where_the_authors_published_one(tm
     with pytest.raises(IndexNotFoundError) as error:
         ensure_index(tmp_path, "ViT-L/14@336px", "val")
     assert "download" not in str(error.value)
+
+
+def test_n_imgs_larger_than_the_index_for_own_images(tmp_path, capsys, monkeypatch):
+    from synthetic import write_imagenet
+
+    write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=2)
+    assert main_reco.main(["--config", str(reco_yaml(tmp_path)), "--stage", "index"]) == 0
+    (tmp_path / "photos").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (0, 0, 255)).save(tmp_path / "photos" / "sky.png")
+    import networks
+
+    monkeypatch.setattr(networks, "build_encoder", lambda *a, **k: pytest.fail("model built before the check"))
+    argv = ["--config", str(reco_yaml(tmp_path, n_imgs=50)), "--images", str(tmp_path / "photos"),
+            "--categories", "sky", "--out", str(tmp_path / "out")]
+    assert main_reco.main(argv) == 2
+    (line,) = error_lines(capsys)
+    assert "n_imgs: 50 images per category asked for" in line
+    assert not (tmp_path / "out").exists()
