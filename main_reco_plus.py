@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from entry.reco_plus import evaluate_weights, train_run  # noqa: E402
 from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
 from entry.validation import check_reco_plus_names  # noqa: E402
+from utils import timing  # noqa: E402
 from utils.config import load_reco_plus_config  # noqa: E402
 from utils.device import setup_logging  # noqa: E402
-from utils.distributed import cleanup  # noqa: E402
+from utils.distributed import cleanup, env_rank  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -48,10 +49,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 def run(args: argparse.Namespace) -> None:
     check_device_argument(args.device)
     config = check_reco_plus_names(load_reco_plus_config(args.config, {"device": args.device}))
-    if args.weights is not None:
-        evaluate_weights(config, args.weights)
-    else:
-        train_run(config, stop_at=args.stop_at)
+    with timing.run() as timer:
+        if args.weights is not None:
+            evaluate_weights(config, args.weights)
+        else:
+            train_run(config, stop_at=args.stop_at)
+    if env_rank() == 0:
+        timing.report(timer)  # the table in the log, timings.json in the run (or eval) directory
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from networks.deeplab import build_segmentor
 from reco_plus import (NO_EVALUATION, EvalResult, PolyLR, ResumableBatchSampler, TrainHooks, TrainSettings,
                        build_optimizer, evaluate, restore_training_state, train)
 from reco_plus.ddp import any_rank, gather_rng_states, wrap_ddp
+from utils import timing
 from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_dir, require_file
 from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.device import resolve_device, seed_everything, setup_logging
@@ -43,10 +44,11 @@ def make_crf_fn(config: RecoPlusConfig, device: torch.device):
     backend = resolve_crf_backend(config.crf_backend, device)
 
     def crf(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        rgb = denormalise_image(images.cpu())
-        log_probs = torch.log_softmax(logits.float(), dim=1)
-        return dense_crf_batch(rgb, log_probs if backend == "torch" else log_probs.cpu(), backend=backend,
-                               n_workers=config.crf_workers or config.n_workers)
+        with timing.stage("CRF"):
+            rgb = denormalise_image(images.cpu())
+            log_probs = torch.log_softmax(logits.float(), dim=1)
+            return dense_crf_batch(rgb, log_probs if backend == "torch" else log_probs.cpu(), backend=backend,
+                                   n_workers=config.crf_workers or config.n_workers)
     return crf
 
 
@@ -69,12 +71,15 @@ def run_evaluation(model: torch.nn.Module, loader: DataLoader, config: RecoPlusC
     n_batches = len(loader)
     step = max(1, n_batches // max(config.n_visualisations, 1))
     visualise = set(range(0, n_batches, step)[: config.n_visualisations])
-    with tqdm(total=n_batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=n_batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True) as bar, \
+            timing.stage("evaluation (inference, data)"):
         result = evaluate(model, loader, len(names), device, crf_fn, config.amp, visualise, bar)
-    save_json(out_dir / "results.json", named_scores(result.scores, names))
-    save_json(out_dir / "results_crf.json", named_scores(result.scores_crf, names))
-    for s in result.samples:
-        save_panels(out_dir / f"{s.batch_index:04d}.png", denormalise_image(s.image), s.gt, s.pred, s.pred_crf, palette)
+    with timing.stage("writing"):
+        save_json(out_dir / "results.json", named_scores(result.scores, names))
+        save_json(out_dir / "results_crf.json", named_scores(result.scores_crf, names))
+        for s in result.samples:
+            save_panels(out_dir / f"{s.batch_index:04d}.png", denormalise_image(s.image), s.gt, s.pred, s.pred_crf,
+                        palette)
     logger.info("%s: mIoU %.4f, CRF mIoU %.4f, pixel acc %.4f (CRF %.4f) on %d images -> %s", desc,
                 result.scores["Mean IoU"], result.scores_crf["Mean IoU"], result.scores["Pixel Acc"],
                 result.scores_crf["Pixel Acc"], result.n_images, out_dir)
@@ -115,15 +120,17 @@ def evaluate_weights(config: RecoPlusConfig, weights: str) -> Optional[dict[str,
         return None
     device = resolve_device(config.device)
     n_classes = len(metadata.eval_categories(config.dataset_name))
-    try:
-        model = build_segmentor(config.segmentor_name, n_classes, "random")  # every weight is replaced below
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    load_weights(model, path)
-    model.to(device)
+    with timing.stage("models"):
+        try:
+            model = build_segmentor(config.segmentor_name, n_classes, "random")  # every weight is replaced below
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        load_weights(model, path)
+        model.to(device)
     loader = val_loader(config, device)
     out_dir = run_dir_of(config) / "eval"
     setup_logging(out_dir / "eval.log")
+    timing.set_output_dir(out_dir)
     logger.info("evaluating %s (%s) on %s val, device %s", path, config.segmentor_name, config.dataset_name, device)
     result = run_evaluation(model, loader, config, device, make_crf_fn(config, device), out_dir, "eval")
     return {"results": result.scores, "results_crf": result.scores_crf, "out_dir": out_dir}
@@ -154,12 +161,14 @@ class RunHooks(TrainHooks):
         plot_training_curves(self.run_dir / "curves.png", self.records)
 
     def on_best(self, iteration: int, state_dict: dict) -> None:
-        torch_save(state_dict, self.run_dir / "best_model.pt")
+        with timing.stage("writing"):
+            torch_save(state_dict, self.run_dir / "best_model.pt")
         logger.info("iter %d: new best CRF mIoU, saved %s", iteration, self.run_dir / "best_model.pt")
 
     def on_checkpoint(self, state: dict) -> None:
         state["extra"].update(self.checkpoint_info)
-        torch_save(state, self.run_dir / "last.pt")
+        with timing.stage("writing"):
+            torch_save(state, self.run_dir / "last.pt")
 
     def should_stop(self, iteration: int) -> bool:
         if self.stop_at is not None and iteration >= self.stop_at:  # the same on every rank
@@ -247,8 +256,10 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(run_dir / "train.log")
+        timing.set_output_dir(run_dir)
     try:
-        model = build_segmentor(config.segmentor_name, n_classes, backbone).to(device)
+        with timing.stage("models"):
+            model = build_segmentor(config.segmentor_name, n_classes, backbone).to(device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     optimizer = build_optimizer(model, config.lr, config.backbone_lr_ratio, config.weight_decay)
@@ -284,7 +295,8 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     settings = TrainSettings(config.iter_train, config.iter_val, n_classes, config.log_every, config.amp)
     try:
         with logging_redirect_tqdm(loggers=[logger]), tqdm(total=config.iter_train, initial=start, disable=not is_main,
-                                                           desc="ReCo+", unit="it", dynamic_ncols=True) as bar:
+                                                           desc="ReCo+", unit="it", dynamic_ncols=True) as bar, \
+                timing.stage("training"):
             result = train(model=model, optimizer=optimizer, scheduler=scheduler, batches=iter(loader),
                            settings=settings, device=device, evaluate=evaluate_fn, hooks=hooks, start_iteration=start,
                            best_miou=best, scaler=scaler, progress=bar, is_main=is_main, gather_rng=gather_rng_states)
