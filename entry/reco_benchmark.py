@@ -1,6 +1,7 @@
 """Benchmark stage of main_reco.py: reference embeddings, inference, CRF, metrics, pseudo-masks."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -17,6 +18,9 @@ from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
 from datasets.registry import benchmark_names, get_benchmark
 from entry.preflight import check_run_inputs
 from entry.reco_common import build_dense_clip, build_encoder, check_index_size, compute_references
+from entry.reference_setting import (is_paper_setting, read_sidecar, reference_experiment_name,
+                                     reference_setting, run_experiment_name, run_setting, setting_differences,
+                                     sidecar_path)
 from reco.inference import predict
 from reco.references import stack_references
 from reco.sliding import sliding_window_scores
@@ -32,13 +36,17 @@ logger = logging.getLogger("reco")
 
 
 def run_dir_of(config: RecoConfig, split: str) -> Path:
-    """{dir_ckpt}/{dataset_name}/{split}/reco/{experiment}[_dc]/k{n_imgs:03d} (SPEC 11)."""
-    return Path(config.dir_ckpt) / config.dataset_name / split / "reco" / config.run_name / f"k{config.n_imgs:03d}"
+    """{dir_ckpt}/{dataset_name}/{split}/reco/{experiment}[_dc]/k{n_imgs:03d} (SPEC 11).
+
+    The experiment name carries a setting hash unless the setting is the paper's (entry.reference_setting).
+    """
+    return Path(config.dir_ckpt) / config.dataset_name / split / "reco" / run_experiment_name(config) / f"k{config.n_imgs:03d}"
 
 
 def reference_pickle_path(config: RecoConfig) -> Path:
-    """{dir_dataset}/{experiment}_cat_to_img_feature_k{n_imgs}.pkl, the authors' file name (SPEC 8)."""
-    return Path(config.dir_dataset) / f"{config.experiment_name}_cat_to_img_feature_k{config.n_imgs}.pkl"
+    """{dir_dataset}/{experiment}_cat_to_img_feature_k{n_imgs}.pkl, the authors' file name for the paper's
+    setting (SPEC 8); other settings add their hash to the experiment name."""
+    return Path(config.dir_dataset) / f"{reference_experiment_name(config)}_cat_to_img_feature_k{config.n_imgs}.pkl"
 
 
 def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
@@ -58,7 +66,9 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     setup_logging(run_dir / "reco.log")
     timing.set_output_dir(run_dir)
     logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
-    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split}, sort_keys=True)
+    setting = run_setting(config)
+    resume = split == "train" and _may_resume(run_dir, setting)
+    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting}, sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
     if not reference_pickle_path(config).is_file():
         check_index_size(config)  # n_imgs against the index, before minutes of model loading
@@ -74,22 +84,30 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     return evaluate(
         config, dataset, split, run_dir, device, encoder,
         stack_references(references, categories).to(device),
-        dense.dense_clip if text is not None else None, text,
+        dense.dense_clip if text is not None else None, text, resume=resume,
     )
 
 
 def load_or_compute_references(config, categories, device, encoder, dense, run_dir) -> dict[str, torch.Tensor]:
-    """Read the reference pickle from dir_dataset (ours or the authors'), else compute and write it."""
+    """Read the reference pickle from dir_dataset (ours or the authors'), else compute and write it.
+
+    Ours carries its setting in the sidecar {pickle}.meta.json: a different setting is recomputed. A
+    pickle without a sidecar (the authors' published file) is used only for the paper's setting.
+    """
     path = reference_pickle_path(config)
-    if path.is_file():
+    setting = reference_setting(config)
+    if path.is_file() and _reference_pickle_usable(path, setting, config):
         logger.info("reading reference embeddings from %s", path)
         with timing.stage("references (pickle)"):
             return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
     references = compute_references(config, categories, device, encoder, dense,
                                     on_reference=cosegmentation_visualiser(run_dir))
+    # The pickle first, then its record: an interruption in between leaves a stale or missing record,
+    # which the next run treats as "recompute" or "not ours", never as a match.
     with timing.stage("writing"):
         save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
-    logger.info("wrote reference embeddings to %s", path)
+        save_json(sidecar_path(path), {"setting": setting}, sort_keys=True)
+    logger.info("wrote reference embeddings to %s (setting in %s)", path, sidecar_path(path).name)
     return references
 
 
@@ -104,6 +122,38 @@ def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, tor
                                 maps.cpu().numpy(), title=name)
 
     return visualise
+
+
+def _reference_pickle_usable(path: Path, setting: dict[str, Any], config: RecoConfig) -> bool:
+    """True to read `path`; False to recompute it. A sidecar-less file of another setting is an error."""
+    recorded = read_sidecar(path)
+    if recorded is not None:
+        differences = setting_differences(recorded, setting)
+        if differences:
+            logger.info("recomputing %s: it was made with another setting (%s)", path.name, "; ".join(differences))
+        return not differences
+    if is_paper_setting(config, strict=True):
+        return True  # the authors' published file (their setting is the paper's)
+    raise ValueError(
+        f"{path} has no settings record ({sidecar_path(path).name}), so it can only be the authors' published "
+        "file, which holds the paper's setting (DeiT-S/16-SIN, ViT-L/14@336px, RN50x16, k=50, ImageNet train, "
+        "context elimination and text attention with the default contexts and aliases); this config asks for "
+        "another setting. Delete or move the file to recompute it")
+
+
+def _may_resume(run_dir: Path, setting: dict[str, Any]) -> bool:
+    """Pseudo-masks of an earlier run are reused only if that run recorded the same setting."""
+    if not (run_dir / "dt").is_dir():
+        return True
+    try:
+        recorded = json.loads((run_dir / "config.json").read_text()).get("setting")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    differences = ["no settings record"] if recorded is None else setting_differences(recorded, setting)
+    if differences:
+        logger.warning("not reusing the pseudo-masks in %s: they were made with another setting (%s); they are "
+                       "recomputed", run_dir, "; ".join(differences))
+    return not differences
 
 
 def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Path) -> dict[str, torch.Tensor]:
@@ -156,8 +206,12 @@ def _collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(config, dataset, split, run_dir, device, encoder, references, dense_clip, text) -> dict[str, Any]:
-    """Predict every image, refine with the CRF, score both and (train split) save the pseudo-masks."""
+def evaluate(config, dataset, split, run_dir, device, encoder, references, dense_clip, text,
+             resume: bool = True) -> dict[str, Any]:
+    """Predict every image, refine with the CRF, score both and (train split) save the pseudo-masks.
+
+    `resume`: score pseudo-masks an earlier run of the same setting left in run_dir instead of predicting.
+    """
     name = config.dataset_name
     lut = metadata.prediction_to_eval(name)
     lut = None if lut is None else torch.as_tensor(lut, device=device)
@@ -179,7 +233,7 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
         if batch["image"] is None:
             continue
         labels = batch["label"]
-        saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks else None
+        saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks and resume else None
         if saved is not None:  # written by an earlier, interrupted run: score them, skip the models
             pred, pred_crf = saved
             resumed += len(pred)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
@@ -17,12 +16,14 @@ import networks
 from datasets import imagenet
 from entry.collection import collection_of
 from networks.clip import DenseCLIP
+from entry.reference_setting import category_setting, setting_differences, setting_hash, used_contexts
 from reco.references import ReferenceCache, compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
 from utils import timing
 from utils.config import ConfigError, RecoConfig
 from utils.io import torch_save
+from utils.naming import slug
 
 logger = logging.getLogger("reco")
 
@@ -69,21 +70,26 @@ def build_dense_clip(config: RecoConfig, device: torch.device) -> Optional[Dense
 
 
 class FileReferenceCache(ReferenceCache):
-    """One small file per category and setting: {root}/{setting}/{category}__{contexts hash}.pt."""
+    """One small file per category and setting: {root}/{setting slug}_{setting hash}/{category}__{contexts hash}.pt.
+
+    Each file holds the category's name, the contexts it eliminated and the full `category_setting`
+    record it was computed with; an entry whose record does not match the current setting is recomputed.
+    """
 
     def __init__(self, root: Path, config: RecoConfig) -> None:
-        setting = "_".join([
-            _slug(config.encoder_arch), "retrieval", _slug(config.clip_arch), config.retrieval_tag,
+        self.setting = category_setting(config)
+        readable = "_".join([
+            slug(config.encoder_arch), "retrieval", slug(config.clip_arch), config.retrieval_tag,
             f"k{config.n_imgs}",
-        ] + ([f"ta_{_slug(config.dense_clip_arch)}"] if config.text_attention else [])
+        ] + ([f"ta_{slug(config.dense_clip_arch)}"] if config.text_attention else [])
           + (["slicebug"] if config.reproduce_seed_slice_bug else []))
-        self.directory = Path(root) / setting
+        self.directory = Path(root) / f"{readable}_{setting_hash(self.setting)}"
         self._loaded: dict[Path, Optional[torch.Tensor]] = {}  # each file is read at most once per run
 
     def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
         digest = hashlib.sha1("\n".join(contexts).encode()).hexdigest()[:10] if contexts else "none"
         name_digest = hashlib.sha1(name.encode()).hexdigest()[:6]  # distinct names never share a file
-        return self.directory / f"{_slug(name)}_{name_digest}__ctx_{digest}.pt"
+        return self.directory / f"{slug(name)}_{name_digest}__ctx_{digest}.pt"
 
     def get(self, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
         path = self._path(name, contexts)
@@ -91,21 +97,27 @@ class FileReferenceCache(ReferenceCache):
             self._loaded[path] = self._read(path, name, contexts)
         return self._loaded[path]
 
-    @staticmethod
-    def _read(path: Path, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
+    def _read(self, path: Path, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
         if not path.is_file():
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
-            if entry["name"] == name and tuple(entry["contexts"]) == contexts:
-                return entry["reference"].float()
+            if entry["name"] != name or tuple(entry["contexts"]) != contexts:
+                return None
+            differences = setting_differences(entry.get("setting"), self.setting)
+            if differences:
+                logger.info("recomputing the reference of '%s': its cache %s was made with another setting (%s)",
+                            name, path, "; ".join(differences))
+                return None
+            return entry["reference"].float()
         except Exception as e:  # a damaged cache entry is recomputed, never trusted
             logger.warning("ignoring unreadable reference cache %s (%s)", path, e)
         return None
 
     def put(self, name: str, contexts: tuple[str, ...], reference: torch.Tensor) -> None:
         path = self._path(name, contexts)
-        torch_save({"name": name, "contexts": list(contexts), "reference": reference.detach().cpu()}, path)
+        torch_save({"name": name, "contexts": list(contexts), "setting": self.setting,
+                    "reference": reference.detach().cpu()}, path)
         self._loaded[path] = reference.detach().cpu().float()
 
 
@@ -126,7 +138,7 @@ def compute_references(
     API); by default it is built for the retrieval and dropped. `progress(items, desc)` wraps the
     loops over categories (default: tqdm bars).
     """
-    contexts = list(config.context_categories) if config.context_elimination else []
+    contexts = used_contexts(config)
     cache = FileReferenceCache(reference_cache_root(config), config)
     names = list(dict.fromkeys(contexts + list(categories)))
     missing = [n for n in names if not _cached_or_aliased(n, cache, contexts, config)]
@@ -267,7 +279,3 @@ def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str]
     if config.reference_aliases.get(name) in contexts:
         return True
     return cache.get(name, tuple(contexts)) is not None
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "x"

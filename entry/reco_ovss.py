@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark, size_grouped_batches
+from entry.reference_setting import run_setting
 from entry.reco_benchmark import _collate_readable, _SkipUnreadable, cosegmentation_visualiser, run_dir_of
 from entry.reco_common import build_dense_clip, build_encoder, compute_references
 from reco.inference import predict
@@ -97,7 +98,8 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     setup_logging(run_dir / "reco.log")
     logger.info("ReCo on %s %s (%d classes, %d query names) -> %s (device %s)", config.dataset_name, split,
                 len(protocol.class_names), len(protocol.queries), run_dir, device)
-    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split}, sort_keys=True)
+    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": run_setting(config)},
+              sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
 
     encoder = build_encoder(config, device)

@@ -20,6 +20,30 @@ from utils.io import describe_exception
 
 RANDOM = "random"
 WeightsKind = Literal["random", "file", "tag"]
+WeightsSource = Literal["unset", "random", "file", "missing_file", "tag"]
+# A value that is not an existing file is read as a (missing) file path when it has one of these
+# suffixes or a directory separator, and as a library tag otherwise (tags are bare words: 'openai').
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".safetensors")
+
+
+def weights_source(weights: Optional[Union[str, os.PathLike]]) -> tuple[WeightsSource, Optional[Union[Path, str]]]:
+    """Classify a `weights` value without checking it against a library's tags (never raises).
+
+    ('unset', None), ('random', None), ('file', Path) for an existing file, ('missing_file', Path) for a
+    path-like value that is not a file, or ('tag', value).
+    """
+    if weights is None or (isinstance(weights, str) and not weights.strip()):
+        return "unset", None
+    value = os.fspath(weights).strip()
+    if value == RANDOM:
+        return "random", None
+    path = Path(value).expanduser()
+    if path.is_file():
+        return "file", path
+    if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in value or os.sep in value \
+            or value.startswith(("~", ".")):
+        return "missing_file", path
+    return "tag", value
 
 
 def resolve_weights(
@@ -34,20 +58,19 @@ def resolve_weights(
     existing file, a tag in `tags`, nor 'random' is reported as a missing file, naming `key`.
     `expected` describes what belongs there (e.g. "the OpenAI checkpoint RN50x16.pt").
     """
-    if weights is None or (isinstance(weights, str) and not weights.strip()):
-        raise ConfigError(f"{key}: not set in the config (expected {expected})")
-    if not isinstance(weights, (str, os.PathLike)):
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ConfigError(f"{key}: expected a file path, a pretrained tag or 'random', got {weights!r}")
-    value = os.fspath(weights).strip()
-    if value == RANDOM:
-        return "random", None
-    path = Path(value).expanduser()
-    if path.is_file():
-        return "file", path
+    source, value = weights_source(weights)
+    if source == "unset":
+        raise ConfigError(f"{key}: not set in the config (expected {expected})")
+    if source in ("random", "file"):
+        return source, value
+    text = os.fspath(weights).strip()
+    path = Path(text).expanduser()
     if path.exists():
         raise ConfigError(f"{key}: not a file: {path} (expected {expected})")
-    if value in tags:
-        return "tag", value
+    if text in tags:
+        return "tag", text
     hint = f"; or one of the library tags {list(tags)} (online only)" if tags else ""
     raise ConfigError(f"{key}: file not found: {path} (expected {expected}{hint})")
 

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from reco.cosegmentation import cosegmentation_weights, reference_embedding, similarity_maps, text_attention
+from utils.contexts import PAPER_REFERENCE_ALIASES
 
-# Cityscapes and KITTI-STEP name the tree context "vegetation"; the original hard-coded this alias.
-DEFAULT_ALIASES: Mapping[str, str] = {"vegetation": "tree"}
+# The original hard-coded this alias (vegetation -> tree); the config's `reference_aliases` replaces it.
+DEFAULT_ALIASES: Mapping[str, str] = PAPER_REFERENCE_ALIASES
 
 
 class ReferenceCache(Protocol):

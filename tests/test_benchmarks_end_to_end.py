@@ -14,14 +14,28 @@ from synthetic import write_coco_stuff, write_kitti_step
 from test_io import pickle_as_if_saved_on_cuda
 
 ENCODER_DIM = 32  # tiny-vit width
+PUBLISHED = "deit_s_16_sin_in_train_ce_ta_cat_to_img_feature_k50.pkl"
+
+
+@pytest.fixture(autouse=True)
+def tiny_models_under_the_papers_names(monkeypatch):
+    """The config names the paper's models (the authors' pickle is accepted only for their setting); the
+    networks built are tiny random ones, so their weight files need not exist."""
+    import networks
+
+    real_encoder, real_clip = networks.build_encoder, networks.build_clip
+    monkeypatch.setattr(networks, "build_encoder", lambda arch, weights, key="": real_encoder("tiny-vit", "random"))
+    monkeypatch.setattr(networks, "build_clip", lambda arch, weights, device="cpu", precision="fp32", key="":
+                        real_clip("tiny-rn-clip", "random", device=device, precision=precision))
 
 
 def config_for(tmp_path, dataset_name, root, **extra):
+    weights = tmp_path / "weights"  # absent files, named as released
     config = {
         "dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(root), "dataset_name": dataset_name,
-        "encoder_arch": "tiny-vit", "clip_arch": "tiny-vit-clip", "dense_clip_arch": "tiny-rn-clip",
-        "weights": {"encoder": "random", "clip": "random", "dense_clip": "random"},
-        # no text tower needed: references come from the published pickle, DenseCLIP inference is off
+        "weights": {"encoder": str(weights / "deit_s_sin_dist.pth"), "clip": str(weights / "ViT-L-14-336px.pt"),
+                    "dense_clip": str(weights / "RN50x16.pt")},
+        # DenseCLIP inference is off: references come from the published pickle
         "dense_clip_inference": False, "n_imgs": 50, "batch_size": 2, "n_workers": 0,
         "n_visualisations": 1, "device": "cpu", "crf_workers": 1,
     }
@@ -32,12 +46,11 @@ def config_for(tmp_path, dataset_name, root, **extra):
 
 
 def write_published_references(root, categories, cuda=True, dim=ENCODER_DIM):
-    """A reference pickle in the authors' format, named for the tiny-vit experiment (the name comes from
-    encoder_arch: the authors' file is deit_s_16_sin_in_train_ce_ta_cat_to_img_feature_k50.pkl)."""
+    """A reference pickle in the authors' format and under their name, without a settings record."""
     g = torch.Generator().manual_seed(0)
     refs = {name: torch.nn.functional.normalize(torch.randn(dim, generator=g), dim=0) for name in categories}
     data = pickle_as_if_saved_on_cuda(refs) if cuda else pickle.dumps(refs)
-    (root / "tiny_vit_in_train_ce_ta_cat_to_img_feature_k50.pkl").write_bytes(data)
+    (root / PUBLISHED).write_bytes(data)
     return refs
 
 
@@ -49,12 +62,12 @@ def test_coco_stuff_val_and_train10k_with_published_cuda_references(tmp_path):
     # ImageNet is absent (dir_imagenet unset): the published references make it unnecessary
     config = config_for(tmp_path, "coco_stuff", root)
     assert main_reco.main(["--config", str(config)]) == 0
-    out = tmp_path / "ckpt/coco_stuff/val/reco/tiny_vit_in_train_ce_ta/k050"
+    out = tmp_path / "ckpt/coco_stuff/val/reco/deit_s_16_sin_in_train_ce_ta/k050"
     results = json.loads((out / "results_crf.json").read_text())
     assert set(metadata.eval_categories("coco_stuff")) <= set(results)  # scored on the 27 coarse classes
 
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0
-    out = tmp_path / "ckpt/coco_stuff/train/reco/tiny_vit_in_train_ce_ta/k050"
+    out = tmp_path / "ckpt/coco_stuff/train/reco/deit_s_16_sin_in_train_ce_ta/k050"
     for name in written["train"].names:
         assert name.startswith("COCO_train2014_") and name.endswith(".png")
         for sub in ("dt", "dt_crf"):
@@ -71,7 +84,7 @@ def test_kitti_step_full_resolution_two_sizes(tmp_path):
     config = config_for(tmp_path, "kitti_step", root)
     assert main_reco.main(["--config", str(config)]) == 0
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0
-    out = tmp_path / "ckpt/kitti_step/train/reco/tiny_vit_in_train_ce_ta/k050"
+    out = tmp_path / "ckpt/kitti_step/train/reco/deit_s_16_sin_in_train_ce_ta/k050"
     for name, label in zip(train.names, train.labels):
         for sub in ("dt", "dt_crf"):
             mask = np.asarray(Image.open(out / sub / name))  # dt/<seq>/<frame>.png at full resolution

@@ -54,11 +54,19 @@ def reco_config(tmp_path, **extra):
     return path
 
 
-RUN = Path("cityscapes/{split}/reco/deit_s_16_sin_in_train_ce_ta_dc/k003")
+def run_dir(config_path, split="val"):
+    """The run directory of a config (tiny models are not the paper's setting: the name has a setting hash)."""
+    from entry.reco_benchmark import run_dir_of
+    from utils.config import load_reco_config
+
+    return run_dir_of(load_reco_config(config_path), split)
 
 
-def run_dir(tmp_path, split="val", encoder="tiny_vit"):
-    return tmp_path / "ckpt" / str(RUN).format(split=split).replace("deit_s_16_sin", encoder)
+def reference_pickle(config_path):
+    from entry.reco_benchmark import reference_pickle_path
+    from utils.config import load_reco_config
+
+    return reference_pickle_path(load_reco_config(config_path))
 
 
 def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
@@ -72,7 +80,8 @@ def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
     assert main_reco.main(["--config", str(config), "--stage", "index"]) == 0
     assert main_reco.main(["--config", str(config)]) == 0
 
-    out = run_dir(tmp_path)
+    out = run_dir(config)
+    assert out.parent.name.startswith("tiny_vit_in_train_ce_ta_") and out.parent.name.endswith("_dc")
     results = json.loads((out / "results.json").read_text())
     results_crf = json.loads((out / "results_crf.json").read_text())
     assert results["Mean IoU"] >= 0.9, results
@@ -84,10 +93,14 @@ def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
         assert (out / name).is_file(), name
     assert not (out / "coseg_vegetation.png").exists()  # vegetation reuses the tree context
 
-    # The reference pickle is written under the original name, and each reference is its class colour.
+    # The reference pickle is written under the original name plus the setting hash (not the paper's
+    # setting), with its settings record next to it; each reference is its class colour.
     from utils.io import safe_load_pickle
 
-    refs = safe_load_pickle(tmp_path / "cityscapes" / "tiny_vit_in_train_ce_ta_cat_to_img_feature_k3.pkl")
+    pickle_path = reference_pickle(config)
+    assert pickle_path.name == f"{out.parent.name[:-3]}_cat_to_img_feature_k3.pkl"
+    assert json.loads((pickle_path.parent / (pickle_path.name + ".meta.json")).read_text())["setting"]["n_imgs"] == 3
+    refs = safe_load_pickle(pickle_path)
     assert list(refs) == categories
     assert torch.equal(refs["vegetation"], refs["road"]) is False
     assert int(refs["car"].argmax()) == vocabulary["car"] and int(refs["sky"].argmax()) == vocabulary["sky"]
@@ -110,7 +123,7 @@ def test_pseudo_masks_of_the_train_split(tmp_path, monkeypatch):
     config = reco_config(tmp_path)
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0  # builds the index itself
 
-    out = run_dir(tmp_path, "train")
+    out = run_dir(config, "train")
     for name in split.names:
         for sub in ("dt", "dt_crf"):
             mask = np.asarray(Image.open(out / sub / name))
@@ -142,13 +155,12 @@ def test_tiny_random_models_run_val_and_train(tmp_path):
     write_cityscapes(tmp_path / "cityscapes", "train", n_images=2)
     config = reco_config(tmp_path, n_imgs=2)
     assert main_reco.main(["--config", str(config), "--stage", "references"]) == 0
-    assert (tmp_path / "cityscapes" / "tiny_vit_in_train_ce_ta_cat_to_img_feature_k2.pkl").is_file()
-    out = tmp_path / "ckpt" / "cityscapes"
-    assert not (out / "val/reco/tiny_vit_in_train_ce_ta_dc/k002/results.json").exists()
+    assert reference_pickle(config).is_file()
+    assert not (run_dir(config) / "results.json").exists()
     assert main_reco.main(["--config", str(config)]) == 0
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0
-    assert (out / "val/reco/tiny_vit_in_train_ce_ta_dc/k002/results_crf.json").is_file()
-    assert len(list((out / "train/reco/tiny_vit_in_train_ce_ta_dc/k002/dt_crf").iterdir())) == 2
+    assert (run_dir(config) / "results_crf.json").is_file()
+    assert len(list((run_dir(config, "train") / "dt_crf").iterdir())) == 2
 
 
 def test_bad_input_gives_clear_errors(tmp_path, capsys):

@@ -17,6 +17,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
+from utils.naming import slug
+
 
 class ConfigError(ValueError):
     """A config key is unknown, missing, of the wrong type, or names a file that is not there."""
@@ -65,7 +68,7 @@ class RecoConfig:
     encoder_arch: str = "DeiT-S/16-SIN"
     patch_size: int = 16                # read for compatibility; the encoder's own patch size is used
     batch_size: int = 16
-    context_categories: list[str] = field(default_factory=lambda: ["tree", "sky", "building", "road", "person"])
+    context_categories: list[str] = field(default_factory=lambda: list(PAPER_CONTEXT_CATEGORIES))
     context_elimination: bool = True
     n_imgs: int = 50
     n_workers: int = 4
@@ -79,7 +82,7 @@ class RecoConfig:
     crf_workers: Optional[int] = None   # processes of the pydensecrf pool; None -> n_workers
     crf: bool = True                    # own images: refine with the dense CRF
     reproduce_seed_slice_bug: bool = False
-    reference_aliases: dict[str, str] = field(default_factory=lambda: {"vegetation": "tree"})
+    reference_aliases: dict[str, str] = field(default_factory=lambda: dict(PAPER_REFERENCE_ALIASES))
     n_visualisations: int = 10
     clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     index_batch_size: int = 256
@@ -120,7 +123,7 @@ class RecoConfig:
     @property
     def experiment_name(self) -> str:
         """SPEC 11: e.g. deit_s_16_sin_in_train_ce_ta (names the reference-embedding cache)."""
-        parts = [self.encoder_arch.replace("-", "_").replace("/", "_").lower(), self.retrieval_tag]
+        parts = [slug(self.encoder_arch), self.retrieval_tag]
         parts += ["ce"] if self.context_elimination else []
         parts += ["ta"] if self.text_attention else []
         suffix = self.suffix.lstrip("_")  # '_try' and 'try' both give ..._try, never ...__try

@@ -1,0 +1,211 @@
+"""What reference embeddings depend on: one setting record, its short hash, and the check on load.
+
+Every cached artefact carries the record of the setting it was made with:
+* the benchmark reference pickle, in the sidecar `{pickle}.meta.json`;
+* each per-category reference cache file, embedded in the file;
+* the run directory, in `config.json` (key "setting").
+
+File and directory names: the paper's setting keeps the original names (so the authors' published
+pickle drops in and run directories are where the original put them); any other setting appends a short
+hash of its record, so different settings never share a file.
+
+Weights are identified cheaply by file name and size, a library tag, 'random', or 'unset'. The weights
+a model was released with (the OpenAI file of a CLIP arch or the 'openai' tag; deit_s_sin_dist.pth for
+DeiT-S/16-SIN) count as that arch's canonical weights, so their file may live anywhere. An unset value
+or an absent file matches any recorded weights of that name: the model is then not needed by the run
+(e.g. the retrieval CLIP when the reference pickle exists), and a recomputation would fail on it clearly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+from networks.clip import openai_checkpoint_name
+from networks.weights import weights_source
+from utils.config import RecoConfig
+
+logger = logging.getLogger("reco")
+
+SIDECAR_SUFFIX = ".meta.json"
+# The paper's models (the defaults of RecoConfig) and the weight file each was released as.
+ENCODER_RELEASE_FILES = {"DeiT-S/16-SIN": "deit_s_sin_dist.pth"}
+CLIP_RELEASE_TAG = "openai"
+
+Record = dict[str, Any]
+
+
+def weights_identity(value: Optional[str]) -> Record:
+    """{'kind': 'file', 'name': basename, 'bytes': size or None if absent} | {'kind': 'tag', 'name'} |
+    {'kind': 'random'} | {'kind': 'unset'}."""
+    kind, resolved = weights_source(value)
+    if kind in ("file", "missing_file"):
+        path = Path(resolved)
+        return {"kind": "file", "name": path.name, "bytes": path.stat().st_size if kind == "file" else None}
+    if kind == "tag":
+        return {"kind": "tag", "name": str(resolved)}
+    return {"kind": kind}
+
+
+def used_contexts(config: RecoConfig) -> list[str]:
+    """The context categories eliminated, in order ([] without context elimination)."""
+    return list(config.context_categories) if config.context_elimination else []
+
+
+def category_setting(config: RecoConfig) -> Record:
+    """What one category's reference embedding depends on, besides the contexts it eliminated."""
+    return {
+        "encoder": _model(config.encoder_arch, config.weights.encoder),
+        "retrieval_clip": _model(config.clip_arch, config.weights.clip),
+        "imagenet_split": config.imagenet_split,
+        "n_imgs": config.n_imgs,
+        "text_attention": _model(config.dense_clip_arch, config.weights.dense_clip) if config.text_attention else None,
+        "reproduce_seed_slice_bug": config.reproduce_seed_slice_bug,
+    }
+
+
+def reference_setting(config: RecoConfig) -> Record:
+    """What the reference embeddings of a category list depend on (the sidecar of the reference pickle).
+
+    Aliases are kept only where they take effect (their target is an eliminated context).
+    """
+    contexts = used_contexts(config)
+    aliases = {name: target for name, target in sorted(config.reference_aliases.items()) if target in contexts}
+    return {**category_setting(config), "context_categories": contexts, "reference_aliases": aliases}
+
+
+def run_setting(config: RecoConfig) -> Record:
+    """What a benchmark run's predictions depend on: the references, and DenseCLIP at inference."""
+    dense = _model(config.dense_clip_arch, config.weights.dense_clip) if config.dense_clip_inference else None
+    return {**reference_setting(config), "dense_clip_inference": dense}
+
+
+def setting_hash(record: Record) -> str:
+    """8 hex digits naming a setting; canonical weights hash alike wherever their file lives."""
+    text = json.dumps(_naming_form(record), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def is_paper_setting(config: RecoConfig, strict: bool = False) -> bool:
+    """True if the reference setting is the paper's in everything the experiment name does not spell out.
+
+    The experiment name already holds the ImageNet split, context elimination on/off and text attention
+    on/off, and the pickle name holds k; `strict` also requires the paper's values of those (the setting
+    the authors published their pickles for).
+    """
+    paper = _paper_config(config, strict)
+    return _naming_form(reference_setting(config)) == _naming_form(reference_setting(paper))
+
+
+def reference_experiment_name(config: RecoConfig) -> str:
+    """The experiment name of the reference pickle: the original name, plus a setting hash unless paper."""
+    if is_paper_setting(config):
+        return config.experiment_name
+    return f"{config.experiment_name}_{setting_hash(reference_setting(config))}"
+
+
+def run_experiment_name(config: RecoConfig) -> str:
+    """The run directory's experiment name: reference_experiment_name + '_dc' with DenseCLIP inference.
+
+    With text attention the DenseCLIP is already in the reference setting; without it, a non-paper
+    DenseCLIP adds its own hash.
+    """
+    name = reference_experiment_name(config)
+    if not config.dense_clip_inference:
+        return name
+    name += "_dc"
+    dense = run_setting(config)["dense_clip_inference"]
+    paper_dense = run_setting(_paper_config(config))["dense_clip_inference"]
+    if config.text_attention or _naming_form(dense) == _naming_form(paper_dense):
+        return name
+    return f"{name}_{setting_hash(dense)}"
+
+
+def setting_differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """Keys where a recorded setting differs from the current one ([] when they match).
+
+    Weights match when their identities are equal, when both are the arch's canonical weights, or when
+    the current ones are unset or an absent file of the recorded name (the run does not load that model).
+    """
+    if _is_model(recorded) and _is_model(current):
+        differences = setting_differences(recorded["arch"], current["arch"], prefix + "arch.")
+        if not differences and _weights_differ(recorded["weights"], current["weights"], current["arch"]):
+            differences.append(f"{prefix}weights: {json.dumps(recorded['weights'])} -> {json.dumps(current['weights'])}")
+        return differences
+    if isinstance(current, dict) and isinstance(recorded, dict):
+        keys = sorted(set(current) | set(recorded))
+        return [d for k in keys for d in setting_differences(recorded.get(k), current.get(k), f"{prefix}{k}.")]
+    if recorded != current:
+        return [f"{prefix.rstrip('.')}: {json.dumps(recorded)} -> {json.dumps(current)}"]
+    return []
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_sidecar(path: Path) -> Optional[Record]:
+    """The setting recorded next to `path`, or None if there is no (readable) sidecar."""
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        setting = json.loads(sidecar.read_text())["setting"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("ignoring unreadable settings record %s (%s)", sidecar, e)
+        return None
+    return setting if isinstance(setting, dict) else None
+
+
+def _model(arch: str, weights: Optional[str]) -> Record:
+    return {"arch": arch, "weights": weights_identity(weights)}
+
+
+def _is_model(node: Any) -> bool:
+    return isinstance(node, dict) and set(node) == {"arch", "weights"} and isinstance(node["weights"], dict)
+
+
+def _is_canonical(weights: Record, arch: str) -> bool:
+    """The weights `arch` was released with (or unset: the run does not load the model)."""
+    if weights.get("kind") == "unset":
+        return True
+    if weights.get("kind") == "file":
+        return weights.get("name") == (ENCODER_RELEASE_FILES.get(arch) or openai_checkpoint_name(arch))
+    return weights.get("kind") == "tag" and weights.get("name") == CLIP_RELEASE_TAG and arch not in ENCODER_RELEASE_FILES
+
+
+def _weights_differ(recorded: Any, current: Record, arch: str) -> bool:
+    if not isinstance(recorded, dict) or current.get("kind") == "unset":
+        return not isinstance(recorded, dict)
+    if recorded.get("kind") == "file" and current.get("kind") == "file" and recorded.get("name") == current.get("name"):
+        sizes = (recorded.get("bytes"), current.get("bytes"))
+        return None not in sizes and sizes[0] != sizes[1]
+    if _is_canonical(recorded, arch) and _is_canonical(current, arch):
+        return False
+    return recorded != current
+
+
+def _naming_form(record: Any) -> Any:
+    """The record without file sizes, with an arch's release weights (or unset weights) as 'canonical'."""
+    def visit(node: Any) -> Any:
+        if _is_model(node):
+            weights = node["weights"]
+            return {"arch": node["arch"], "weights": "canonical" if _is_canonical(weights, node["arch"]) else
+                    {k: v for k, v in weights.items() if k != "bytes"}}
+        if isinstance(node, dict):
+            return {k: visit(v) for k, v in node.items()}
+        return node
+
+    return visit(record)
+
+
+def _paper_config(config: RecoConfig, strict: bool = False) -> RecoConfig:
+    """The paper's setting (RecoConfig's defaults), keeping what the experiment name spells out unless `strict`."""
+    paper = RecoConfig(dir_ckpt=config.dir_ckpt)  # weights unset: canonical
+    if strict:
+        return paper
+    return dataclasses.replace(paper, imagenet_split=config.imagenet_split, n_imgs=config.n_imgs,
+                               context_elimination=config.context_elimination, text_attention=config.text_attention)
