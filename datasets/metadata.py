@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
+
 from .registry import BENCHMARKS, BenchmarkSpec, get_benchmark
 
 METADATA_DIR = Path(__file__).resolve().parent / "metadata"
@@ -106,13 +108,17 @@ def coco_stuff_label_id_to_fine() -> np.ndarray:
 
 
 def context_categories() -> list[str]:
-    """The default context categories (SPEC 7.4): tree, sky, building, road, person."""
-    return list(_load("context_categories.json"))
+    """The paper's context categories, in elimination order (SPEC 7.4): tree, sky, building, road, person."""
+    return list(PAPER_CONTEXT_CATEGORIES)
 
 
 def categories_reusing_context_features(dataset_name: str) -> dict[str, str]:
-    """Benchmark category -> context category whose reference feature it reuses (SPEC 7.4, 15.9)."""
-    return dict(_load("benchmark_categories_reusing_context_features.json").get(_check_name(dataset_name), {}))
+    """Benchmark category -> the paper's context category whose reference it reuses (SPEC 7.4, 15.9):
+    a category named like a context, or aliased to one (vegetation -> tree)."""
+    contexts = set(PAPER_CONTEXT_CATEGORIES)
+    reused = {name: name if name in contexts else PAPER_REFERENCE_ALIASES.get(name)
+              for name in categories(dataset_name)}
+    return {name: context for name, context in reused.items() if context in contexts}
 
 
 def _prediction_lut(spec: BenchmarkSpec) -> np.ndarray:
