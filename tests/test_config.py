@@ -72,3 +72,28 @@ def test_required_paths_name_the_key(tmp_path):
         require_dir(config, "dir_imagenet")
     with pytest.raises(ConfigError, match=r"weights.encoder: file not found: .*deit.pth"):
         require_file("weights.encoder", str(tmp_path / "deit.pth"))
+
+
+RECO_PLUS_BASE = {"dir_ckpt": "x", "dir_dataset": "y", "dataset_name": "cityscapes"}
+
+
+@pytest.mark.parametrize("key, bad, good", [
+    ("n_imgs", 0, 1), ("batch_size", 0, 1), ("n_workers", -1, 0), ("crf_workers", -1, 0),
+    ("n_visualisations", -1, 0), ("index_batch_size", 0, 1), ("index_shard_size", 0, 1), ("index_workers", -1, 0),
+    ("image_short_side", 0, None), ("eval_short_side", 0, 1), ("slide_stride", 0, 1), ("slide_window", 0, None),
+])
+def test_reco_ranges_name_the_key(tmp_path, key, bad, good):
+    with pytest.raises(ConfigError, match=f"'{key}' must be >"):
+        load_reco_config(_write(tmp_path, {"dir_ckpt": "x", key: bad}))
+    assert getattr(load_reco_config(_write(tmp_path, {"dir_ckpt": "x", key: good})), key) == good
+
+
+@pytest.mark.parametrize("key, bad, good", [
+    ("batch_size", 0, 1), ("eval_batch_size", 0, 1), ("iter_train", 0, 1), ("iter_val", 0, 1), ("log_every", 0, 1),
+    ("crop_size", 0, 1), ("n_workers", -1, 0), ("crf_workers", -1, 0), ("n_visualisations", -1, 0),
+    ("lr", 0.0, 1e-9), ("min_lr", -1e-9, 0.0), ("weight_decay", -1e-9, 0.0), ("backbone_lr_ratio", -0.1, 0.0),
+])
+def test_reco_plus_ranges_name_the_key(tmp_path, key, bad, good):
+    with pytest.raises(ConfigError, match=f"'{key}' must be >"):
+        load_reco_plus_config(_write(tmp_path, {**RECO_PLUS_BASE, key: bad}))
+    assert getattr(load_reco_plus_config(_write(tmp_path, {**RECO_PLUS_BASE, key: good})), key) == good

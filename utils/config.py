@@ -25,6 +25,32 @@ class ConfigError(ValueError):
     """A config key is unknown, missing, of the wrong type, or names a file that is not there."""
 
 
+# Allowed ranges of numeric keys, where a wrong value would otherwise fail deep inside a run (or run
+# zero iterations). "> 0" / ">= 1" ...; a None value (where the key allows one) is not checked.
+RANGES: dict[str, dict[str, str]] = {
+    "RecoConfig": {
+        "n_imgs": ">= 1", "batch_size": ">= 1", "patch_size": ">= 1", "n_workers": ">= 0", "crf_workers": ">= 0",
+        "n_visualisations": ">= 0", "index_batch_size": ">= 1", "index_shard_size": ">= 1", "index_workers": ">= 0",
+        "image_short_side": ">= 1", "eval_short_side": ">= 1", "eval_long_side_max": ">= 1", "slide_window": ">= 1",
+        "slide_stride": ">= 1",
+    },
+    "RecoPlusConfig": {
+        "batch_size": ">= 1", "iter_val": ">= 1", "n_workers": ">= 0", "iter_train": ">= 1", "crf_workers": ">= 0",
+        "eval_batch_size": ">= 1", "lr": "> 0", "backbone_lr_ratio": ">= 0", "weight_decay": ">= 0", "min_lr": ">= 0",
+        "crop_size": ">= 1", "n_visualisations": ">= 0", "log_every": ">= 1",
+    },
+}
+_COMPARISONS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b}
+
+
+def _check_ranges(config: Any) -> None:
+    for key, rule in RANGES[type(config).__name__].items():
+        value = getattr(config, key)
+        operator, bound = rule.split()
+        if value is not None and not _COMPARISONS[operator](value, float(bound)):
+            raise ConfigError(f"'{key}' must be {rule}, got {value}")
+
+
 @dataclass(frozen=True)
 class RecoWeights:
     """Where each ReCo model's weights come from: a local file, a library tag (online only) or 'random'."""
@@ -99,9 +125,7 @@ class RecoConfig:
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
 
     def __post_init__(self) -> None:
-        for key in ("eval_short_side", "eval_long_side_max", "slide_stride"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"'{key}' must be >= 1, got {getattr(self, key)}")
+        _check_ranges(self)
         if self.slide_window is not None and not 1 <= self.slide_stride <= self.slide_window:
             raise ConfigError(f"'slide_stride' must be between 1 and slide_window ({self.slide_window}), "
                               f"got {self.slide_stride}: windows would leave pixels uncovered")
@@ -122,7 +146,8 @@ class RecoConfig:
 
     @property
     def experiment_name(self) -> str:
-        """SPEC 11: e.g. deit_s_16_sin_in_train_ce_ta (names the reference-embedding cache)."""
+        """SPEC 11: e.g. deit_s_16_sin_in_train_ce_ta (names the reference pickle of the paper's setting;
+        entry.reference_setting.reference_experiment_name adds a setting hash for any other)."""
         parts = [slug(self.encoder_arch), self.retrieval_tag]
         parts += ["ce"] if self.context_elimination else []
         parts += ["ta"] if self.text_attention else []
@@ -132,7 +157,8 @@ class RecoConfig:
 
     @property
     def run_name(self) -> str:
-        """The run directory's experiment name: experiment_name + '_dc' with DenseCLIP inference."""
+        """experiment_name + '_dc' with DenseCLIP inference: the run directory's name for the paper's setting
+        (entry.reference_setting.run_experiment_name adds a setting hash for any other)."""
         return self.experiment_name + ("_dc" if self.dense_clip_inference else "")
 
 
@@ -168,6 +194,9 @@ class RecoPlusConfig:
     crop_size: int = 320
     n_visualisations: int = 10
     log_every: int = 100
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
 
 
 def load_reco_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoConfig:
