@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -17,16 +17,16 @@ from datasets import metadata
 from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
 from datasets.registry import benchmark_names, get_benchmark
 from entry.preflight import check_run_inputs
-from entry.reco_common import build_dense_clip, build_encoder, check_index_size, compute_references
+from entry.reco_common import (InferenceModels, build_dense_clip, build_encoder, check_index_size, compute_references,
+                                inference_models)
 from entry.reference_setting import (is_paper_setting, read_sidecar, reference_experiment_name,
                                      reference_setting, run_experiment_name, run_setting, setting_differences,
                                      sidecar_path)
-from reco.inference import predict
 from reco.references import stack_references
 from reco.sliding import sliding_window_scores
 from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
-from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import atomic_write, safe_load_pickle, save_json, save_pickle, save_png
 from utils.metrics import RunningScore, named_scores
@@ -80,12 +80,11 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     if references_only:
         return {}
     with timing.stage("text"):
-        text = dense.embed_text(categories) if dense is not None and config.dense_clip_inference else None
-    return evaluate(
-        config, dataset, split, run_dir, device, encoder,
-        stack_references(references, categories).to(device),
-        dense.dense_clip if text is not None else None, text, resume=resume,
-    )
+        models = inference_models(config, categories, encoder, stack_references(references, categories).to(device),
+                                  dense)
+    crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
+    return evaluate(config, dataset=dataset, split=split, run_dir=run_dir, device=device, models=models, crf=crf,
+                    resume=resume)
 
 
 def load_or_compute_references(config, categories, device, encoder, dense, run_dir) -> dict[str, torch.Tensor]:
@@ -206,8 +205,8 @@ def _collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(config, dataset, split, run_dir, device, encoder, references, dense_clip, text,
-             resume: bool = True) -> dict[str, Any]:
+def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path, device: torch.device,
+             models: InferenceModels, crf: CrfSettings, resume: bool = True) -> dict[str, Any]:
     """Predict every image, refine with the CRF, score both and (train split) save the pseudo-masks.
 
     `resume`: score pseudo-masks an earlier run of the same setting left in run_dir instead of predicting.
@@ -216,7 +215,6 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
     lut = metadata.prediction_to_eval(name)
     lut = None if lut is None else torch.as_tensor(lut, device=device)
     n_classes, palette = len(metadata.eval_categories(name)), metadata.palette(name)
-    crf_backend = resolve_crf_backend(config.crf_backend, device)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
     loader = DataLoader(
         _SkipUnreadable(dataset), num_workers=config.n_workers, pin_memory=device.type == "cuda",
@@ -238,9 +236,8 @@ def evaluate(config, dataset, split, run_dir, device, encoder, references, dense
             pred, pred_crf = saved
             resumed += len(pred)
         else:
-            pred, pred_crf = _predict_batch(batch["image"], device, encoder, references, dense_clip, text,
-                                            lut, crf_backend, config.crf_workers or config.n_workers,
-                                            config.slide_window, config.slide_stride)
+            pred, pred_crf = _predict_batch(batch["image"], models=models, crf=crf, device=device, lut=lut,
+                                            slide_window=config.slide_window, slide_stride=config.slide_stride)
         scores.update(labels, pred)
         scores_crf.update(labels, pred_crf)
         with timing.stage("writing"):
@@ -280,16 +277,19 @@ def _timed_loading(batches: Iterable) -> Iterator:
         yield batch
 
 
-def _predict_batch(images, device, encoder, references, dense_clip, text, lut, crf_backend, crf_workers,
-                   slide_window=None, slide_stride=112):
-    """ReCo and ReCo + CRF label maps (B, H, W) of a batch, in the scored classes (numpy int64)."""
+def _predict_batch(images: torch.Tensor, *, models: InferenceModels, crf: CrfSettings, device: torch.device,
+                   lut: Optional[torch.Tensor], slide_window: Optional[int] = None,
+                   slide_stride: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """ReCo and ReCo + CRF label maps (B, H, W) of images (B, 3, H, W), in the scored classes (numpy int64).
+
+    `lut` maps predicted to scored classes (COCO-Stuff's 171 -> 27) or is None.
+    """
     with timing.stage("inference"):
         images = images.to(device, non_blocking=True)
         probabilities = sliding_window_scores(  # (B, N, H, W); slide_window None: one pass, as the paper
-            images, lambda crop: predict(crop, encoder, references, dense_clip, text), slide_window, slide_stride)
+            images, models.predict, slide_window, slide_stride)
     with timing.stage("CRF"):
-        refined = dense_crf_batch(denormalise_image(images.cpu()), torch.log_softmax(probabilities, dim=1),
-                                  backend=crf_backend, n_workers=crf_workers)
+        refined = crf.refine(images, probabilities)
     pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)
     if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
         pred, pred_crf = lut[pred], lut[pred_crf]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from datasets import imagenet
 from entry.collection import collection_of
 from networks.clip import DenseCLIP
 from entry.reference_setting import category_setting, setting_differences, setting_hash, used_contexts
+from reco.inference import predict
 from reco.references import ReferenceCache, compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
@@ -42,6 +44,33 @@ class DenseClipModels:
         if new:
             self._embedded.update(zip(new, text_embeddings(self._clip_model, self._tokenizer, new)))
         return torch.stack([self._embedded[n] for n in names])
+
+
+@dataclass(frozen=True)
+class InferenceModels:
+    """What segmenting an image needs: the dense encoder, the (N, C) unit-norm reference matrix, and
+    DenseCLIP with the (N, D) text embeddings of the N categories (both None without DenseCLIP inference)."""
+
+    encoder: nn.Module
+    references: torch.Tensor
+    dense_clip: Optional[nn.Module] = None
+    text: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if (self.dense_clip is None) != (self.text is None):
+            raise ValueError("DenseCLIP inference needs both the DenseCLIP model and the text embeddings")
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) ImageNet-normalised -> class probabilities (B, N, H, W) (SPEC 9.1)."""
+        return predict(images, self.encoder, self.references, self.dense_clip, self.text)
+
+
+def inference_models(config: RecoConfig, categories: Sequence[str], encoder: nn.Module,
+                     references: torch.Tensor, dense: Optional[DenseClipModels]) -> InferenceModels:
+    """Bundle the models; DenseCLIP and its text embeddings only with `dense_clip_inference`."""
+    if dense is None or not config.dense_clip_inference:
+        return InferenceModels(encoder, references)
+    return InferenceModels(encoder, references, dense.dense_clip, dense.embed_text(categories))
 
 
 def clip_precision(config: RecoConfig, device: torch.device) -> str:

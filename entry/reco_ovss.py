@@ -34,7 +34,7 @@ from reco.ovss import benchmark_queries, ovss_class_scores, query_list
 from reco.references import stack_references
 from reco.sliding import protocol_size, resize_images, sliding_window_scores
 from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
-from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import atomic_write, save_json
 from utils.metrics import RunningScore, named_scores
@@ -121,7 +121,7 @@ def evaluate_ovss(config, dataset, protocol: OvssProtocol, run_dir: Path, device
     """Score every val image with and without the CRF; write results.json, results_crf.json and panels."""
     n_classes = len(protocol.class_names)
     palette = metadata.palette(config.dataset_name)
-    crf_backend = resolve_crf_backend(config.crf_backend, device)
+    crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
     loader = DataLoader(
         _SkipUnreadable(dataset, fatal=(AnnotationMismatchError,)), num_workers=config.n_workers,
@@ -146,8 +146,7 @@ def evaluate_ovss(config, dataset, protocol: OvssProtocol, run_dir: Path, device
         class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
                                          protocol.threshold)  # (B, C, h, w)
         del query_scores
-        refined = dense_crf_batch(denormalise_image(resized.cpu()), torch.log_softmax(class_scores, dim=1),
-                                  backend=crf_backend, n_workers=config.crf_workers or config.n_workers)
+        refined = crf.refine(resized, class_scores)
         for j in range(len(images)):  # one image at a time at full resolution bounds memory
             pred = _full_resolution_argmax(class_scores[j], full_size)
             pred_crf = _full_resolution_argmax(refined[j].to(device), full_size)

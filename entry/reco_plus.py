@@ -24,7 +24,7 @@ from reco_plus import (NO_EVALUATION, EvalResult, PolyLR, ResumableBatchSampler,
 from reco_plus.ddp import any_rank, gather_rng_states, wrap_ddp
 from utils import timing
 from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_dir, require_file
-from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, seed_everything, setup_logging
 from utils.distributed import env_rank, init_distributed, is_distributed
 from utils.io import atomic_write, describe_exception, save_json, strict_json_value, torch_save
@@ -40,15 +40,12 @@ def run_dir_of(config: RecoPlusConfig) -> Path:
 
 # ----------------------------------------------------------------------------------------- shared parts
 def make_crf_fn(config: RecoPlusConfig, device: torch.device):
-    """crf(images (B,3,H,W) normalised, logits (B,C,H,W)) -> probabilities, SPEC 9.2 on log_softmax(logits)."""
-    backend = resolve_crf_backend(config.crf_backend, device)
+    """crf(images (B,3,H,W) normalised, logits (B,C,H,W)) -> CRF probabilities (utils.crf.crf_refine)."""
+    settings = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
 
     def crf(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         with timing.stage("CRF"):
-            rgb = denormalise_image(images.cpu())
-            log_probs = torch.log_softmax(logits.float(), dim=1)
-            return dense_crf_batch(rgb, log_probs if backend == "torch" else log_probs.cpu(), backend=backend,
-                                   n_workers=config.crf_workers or config.n_workers)
+            return settings.refine(images, logits)
     return crf
 
 

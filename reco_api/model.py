@@ -29,7 +29,7 @@ from reco.references import stack_references
 from reco_api.result import Segmentation
 from utils.config import RecoConfig, config_to_dict, load_reco_config, reco_config_from_dict
 from utils import timing
-from utils.crf import dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.crf import crf_refine, resolve_crf_backend
 from utils.device import resolve_device
 from utils.visualise import label_palette
 
@@ -212,13 +212,11 @@ class ReCo:
     def _crf(self, batch: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Dense CRF (SPEC 9.2) on the denormalised inference-size images and the log-softmax of the
         scores -> (B, N, h, w) probabilities."""
-        images = np.stack([denormalise_image(image.cpu()) for image in batch])
-        log_probabilities = torch.log_softmax(scores, dim=1)
-        if len(images) == 1 or self.crf_backend != "pydensecrf":
-            return dense_crf_batch(images, log_probabilities, backend=self.crf_backend, n_workers=1)
+        if len(batch) == 1 or self.crf_backend != "pydensecrf":
+            return crf_refine(batch, scores, backend=self.crf_backend, n_workers=1)
         workers = self.config.crf_workers if self.config.crf_workers is not None else self.config.n_workers
         with self._crf_pool_lock:
-            return dense_crf_batch(images, log_probabilities, backend=self.crf_backend, n_workers=workers)
+            return crf_refine(batch, scores, backend=self.crf_backend, n_workers=workers)
 
 
 def _resize_labels(labels: torch.Tensor, height: int, width: int) -> np.ndarray:

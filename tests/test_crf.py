@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.functional as VF
 
-from utils.crf import dense_crf, dense_crf_batch, denormalise_image, resolve_crf_backend
+from utils.crf import CrfSettings, crf_refine, dense_crf, dense_crf_batch, denormalise_image, resolve_crf_backend
 from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dense_crf.npz"
@@ -131,3 +131,23 @@ def test_pydensecrf_pool_equals_one_by_one(fixture, fixture_image):
     for i in range(3):
         torch.testing.assert_close(pooled[i], dense_crf(images[i], logits[i]), rtol=0, atol=0)
     np.testing.assert_allclose(pooled[0].numpy(), fixture["Q"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_crf_refine_is_denormalise_log_softmax_dense_crf(fixture_image, backend):
+    """The one CRF call of evaluation, own images and ReCo+: normalised images and raw scores in."""
+    rgb = torch.from_numpy(fixture_image).permute(2, 0, 1).float() / 255
+    normalised = ((rgb - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None])[None]
+    scores = torch.rand(1, 4, 12, 16, generator=torch.Generator().manual_seed(0)).half()  # e.g. AMP logits
+    expected = dense_crf_batch(denormalise_image(normalised), torch.log_softmax(scores.float(), dim=1), backend=backend)
+    refined = crf_refine(normalised, scores, backend=backend, n_workers=1)
+    assert refined.shape == (1, 4, 24, 32) and refined.dtype == torch.float32
+    torch.testing.assert_close(refined, expected, rtol=0, atol=0)
+    torch.testing.assert_close(CrfSettings(backend, 1).refine(normalised, scores), expected, rtol=0, atol=0)
+
+
+def test_crf_settings_resolve_the_config_keys():
+    assert CrfSettings.resolve("auto", "cpu", None, 3) == CrfSettings(resolve_crf_backend("auto", "cpu"), 3)
+    assert CrfSettings.resolve("pydensecrf", "cpu", 0, 3) == CrfSettings("pydensecrf", 0)  # 0: in this process
+    with pytest.raises(ValueError):
+        CrfSettings.resolve("gpu", "cpu", None, 1)

@@ -6,7 +6,6 @@ Retrieval, co-segmentation and inference must then segment the scenes almost per
 pipeline that merely runs cannot do.
 """
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -13,6 +13,7 @@ import atexit
 import multiprocessing
 import multiprocessing.pool
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Optional, Union
 
@@ -280,3 +281,33 @@ def dense_crf(image: ArrayLike, logits: ArrayLike, backend: str = "pydensecrf") 
 
 register_crf_backend("pydensecrf", _crf_pydensecrf)
 register_crf_backend("torch", _crf_torch_batched)
+
+
+@dataclass(frozen=True)
+class CrfSettings:
+    """How the dense CRF runs: a resolved backend ('pydensecrf' or 'torch') and the pydensecrf pool size."""
+
+    backend: str
+    n_workers: Optional[int] = None
+
+    @classmethod
+    def resolve(cls, backend: str, device: Union[str, torch.device, None], crf_workers: Optional[int],
+                n_workers: Optional[int]) -> "CrfSettings":
+        """From the config keys crf_backend ('auto' picks by device), crf_workers (None -> n_workers)."""
+        return cls(resolve_crf_backend(backend, device), n_workers if crf_workers is None else crf_workers)
+
+    def refine(self, images: Tensor, scores: Tensor) -> Tensor:
+        return crf_refine(images, scores, backend=self.backend, n_workers=self.n_workers)
+
+
+@torch.no_grad()
+def crf_refine(images: Tensor, scores: Tensor, backend: str, n_workers: Optional[int] = None) -> Tensor:
+    """The CRF step of every ReCo / ReCo+ prediction (SPEC 9.2).
+
+    images (B, 3, H, W) ImageNet-normalised float; scores (B, N, h, w) class scores (probabilities or
+    logits, any float dtype). The images are denormalised to uint8 RGB and the CRF runs on the
+    log-softmax of the scores over classes. Returns CRF probabilities (B, N, H, W) float32 on the
+    scores' device.
+    """
+    return dense_crf_batch(denormalise_image(images.cpu()), torch.log_softmax(scores.float(), dim=1),
+                           backend=backend, n_workers=n_workers)
