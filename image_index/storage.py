@@ -27,6 +27,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from utils.naming import slug
+
 EMBEDDINGS_FILE, FILENAMES_FILE, META_FILE, FAILED_FILE = "embeddings.npy", "filenames.txt", "meta.json", \
     "failed_images.txt"
 EMBEDDINGS_FP32_FILE = "embeddings_fp32.npy"
@@ -56,7 +58,7 @@ class IndexNotFoundError(FileNotFoundError):
 
 def index_tag(clip_arch: str) -> str:
     """'ViT-L/14@336px' -> 'ViT_L_14_336px' (the original's file-name tag, SPEC 2)."""
-    return clip_arch.replace("-", "_").replace("/", "_").replace("@", "_")
+    return slug(clip_arch, lower=False)
 
 
 def index_dir(dir_imagenet: str | os.PathLike, clip_arch: str, split: str) -> Path:

@@ -13,14 +13,14 @@ stored as `<name>.body.0` / `<name>.body.1`.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+
+from .weights import weights_source
 
 SEGMENTOR_NAMES = (
     "deeplabv3plus_resnet101",
@@ -216,9 +216,9 @@ def _set_bn_momentum(module: nn.Module, momentum: float) -> None:
 
 def _load_backbone_weights(model: nn.Module, backbone: str, weights: str) -> None:
     """Load ImageNet weights into a torchvision model from a local checkpoint or a torchvision tag."""
-    path = Path(os.path.expanduser(weights))
-    if path.suffix in (".pth", ".pt", ".pkl", ".bin") or path.exists() or os.sep in weights:
-        if not path.is_file():
+    source, path = weights_source(weights)  # the one 'file or tag' reading of a weights value
+    if source in ("file", "missing_file"):
+        if source == "missing_file":
             raise ValueError(f"{WEIGHTS_KEY}: file not found: {path} (a torchvision {backbone} ImageNet "
                              "checkpoint, e.g. resnet101-63fe2227.pth)")
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
