@@ -88,8 +88,9 @@ def _references_to_compute(config: RecoConfig, categories: Optional[Sequence[str
     if categories is None:
         return True
     from entry.reco_common import FileReferenceCache, _cached_or_aliased, reference_cache_root
+    from entry.reference_setting import used_contexts
 
-    contexts = list(config.context_categories) if config.context_elimination else []
+    contexts = used_contexts(config)
     cache = FileReferenceCache(reference_cache_root(config), config)
     names = list(dict.fromkeys(contexts + list(categories)))
     return not all(_cached_or_aliased(name, cache, contexts, config) for name in names)

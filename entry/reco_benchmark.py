@@ -61,22 +61,28 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
                           f"with a background class only; {config.dataset_name} has none")
     device = resolve_device(config.device)  # a missing GPU is reported before the inputs
     categories = metadata.categories(config.dataset_name)
-    check_run_inputs(config, stage="benchmark", categories=categories, reference_pickle=reference_pickle_path(config))
+    stale = reference_pickle_differences(config)  # None: no pickle; []: it holds this setting
+    reusable = stale == []
+    check_run_inputs(config, stage="benchmark", categories=categories,
+                     reference_pickle=reference_pickle_path(config) if reusable else None)
     run_dir = run_dir_of(config, split)
     setup_logging(run_dir / "reco.log")
     timing.set_output_dir(run_dir)
     logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
+    if stale:
+        logger.info("recomputing %s: it was made with another setting (%s)", reference_pickle_path(config).name,
+                    "; ".join(stale))
     setting = run_setting(config)
     resume = split == "train" and _may_resume(run_dir, setting)
     save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting}, sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
-    if not reference_pickle_path(config).is_file():
+    if not reusable:
         check_index_size(config)  # n_imgs against the index, before minutes of model loading
 
     logger.info("loading the models")
     encoder = build_encoder(config, device)
     dense = build_dense_clip(config, device)
-    references = load_or_compute_references(config, categories, device, encoder, dense, run_dir)
+    references = load_or_compute_references(config, categories, device, encoder, dense, run_dir, reuse=reusable)
     if references_only:
         return {}
     with timing.stage("text"):
@@ -87,15 +93,12 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
                     resume=resume)
 
 
-def load_or_compute_references(config, categories, device, encoder, dense, run_dir) -> dict[str, torch.Tensor]:
-    """Read the reference pickle from dir_dataset (ours or the authors'), else compute and write it.
-
-    Ours carries its setting in the sidecar {pickle}.meta.json: a different setting is recomputed. A
-    pickle without a sidecar (the authors' published file) is used only for the paper's setting.
-    """
+def load_or_compute_references(config, categories, device, encoder, dense, run_dir, *,
+                               reuse: bool) -> dict[str, torch.Tensor]:
+    """Read the reference pickle from dir_dataset (ours or the authors') when `reuse` (see
+    reference_pickle_differences), else compute it and write it with its settings record."""
     path = reference_pickle_path(config)
-    setting = reference_setting(config)
-    if path.is_file() and _reference_pickle_usable(path, setting, config):
+    if reuse:
         logger.info("reading reference embeddings from %s", path)
         with timing.stage("references (pickle)"):
             return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
@@ -105,7 +108,7 @@ def load_or_compute_references(config, categories, device, encoder, dense, run_d
     # which the next run treats as "recompute" or "not ours", never as a match.
     with timing.stage("writing"):
         save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
-        save_json(sidecar_path(path), {"setting": setting}, sort_keys=True)
+        save_json(sidecar_path(path), {"setting": reference_setting(config)}, sort_keys=True)
     logger.info("wrote reference embeddings to %s (setting in %s)", path, sidecar_path(path).name)
     return references
 
@@ -123,16 +126,23 @@ def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, tor
     return visualise
 
 
-def _reference_pickle_usable(path: Path, setting: dict[str, Any], config: RecoConfig) -> bool:
-    """True to read `path`; False to recompute it. A sidecar-less file of another setting is an error."""
+def reference_pickle_differences(config: RecoConfig) -> Optional[list[str]]:
+    """Whether the reference pickle holds this config's setting: None when there is no pickle, [] when it
+    does, else how its recorded setting differs (it is then recomputed and overwritten).
+
+    Ours carries its setting in the sidecar {pickle}.meta.json. A pickle without one can only be the
+    authors' published file: [] for the paper's setting, an error naming the file for any other.
+    """
+    if config.dir_dataset is None:
+        return None  # reported by the preflight check
+    path = reference_pickle_path(config)
+    if not path.is_file():
+        return None
     recorded = read_sidecar(path)
     if recorded is not None:
-        differences = setting_differences(recorded, setting)
-        if differences:
-            logger.info("recomputing %s: it was made with another setting (%s)", path.name, "; ".join(differences))
-        return not differences
+        return setting_differences(recorded, reference_setting(config))
     if is_paper_setting(config, strict=True):
-        return True  # the authors' published file (their setting is the paper's)
+        return []
     raise ValueError(
         f"{path} has no settings record ({sidecar_path(path).name}), so it can only be the authors' published "
         "file, which holds the paper's setting (DeiT-S/16-SIN, ViT-L/14@336px, RN50x16, k=50, ImageNet train, "

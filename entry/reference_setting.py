@@ -39,12 +39,14 @@ Record = dict[str, Any]
 
 
 def weights_identity(value: Optional[str]) -> Record:
-    """{'kind': 'file', 'name': basename, 'bytes': size or None if absent} | {'kind': 'tag', 'name'} |
-    {'kind': 'random'} | {'kind': 'unset'}."""
+    """{'kind': 'file', 'name': basename, 'bytes': size or None if absent} | {'kind': 'folder', 'name'} |
+    {'kind': 'tag', 'name'} | {'kind': 'random'} | {'kind': 'unset'}."""
     kind, resolved = weights_source(value)
     if kind in ("file", "missing_file"):
         path = Path(resolved)
         return {"kind": "file", "name": path.name, "bytes": path.stat().st_size if kind == "file" else None}
+    if kind == "folder":  # an open_clip release folder: identified by its name
+        return {"kind": "folder", "name": Path(resolved).name}
     if kind == "tag":
         return {"kind": "tag", "name": str(resolved)}
     return {"kind": kind}
@@ -173,8 +175,18 @@ def _is_canonical(weights: Record, arch: str) -> bool:
     if weights.get("kind") == "unset":
         return True
     if weights.get("kind") == "file":
-        return weights.get("name") == (ENCODER_RELEASE_FILES.get(arch) or openai_checkpoint_name(arch))
+        return weights.get("name") == _release_file(arch)
     return weights.get("kind") == "tag" and weights.get("name") == CLIP_RELEASE_TAG and arch not in ENCODER_RELEASE_FILES
+
+
+def _release_file(arch: str) -> Optional[str]:
+    """The file the weights of `arch` were released as (None: no such release, e.g. the test archs)."""
+    if arch in ENCODER_RELEASE_FILES:
+        return ENCODER_RELEASE_FILES[arch]
+    try:
+        return openai_checkpoint_name(arch)
+    except ValueError:  # not a CLIP, or a CLIP without an OpenAI release
+        return None
 
 
 def _weights_differ(recorded: Any, current: Record, arch: str) -> bool:

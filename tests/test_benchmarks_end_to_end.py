@@ -20,7 +20,7 @@ PUBLISHED = "deit_s_16_sin_in_train_ce_ta_cat_to_img_feature_k50.pkl"
 @pytest.fixture(autouse=True)
 def tiny_models_under_the_papers_names(monkeypatch):
     """The config names the paper's models (the authors' pickle is accepted only for their setting); the
-    networks built are tiny random ones, so their weight files need not exist."""
+    networks built are tiny random ones, so their weight files are empty stand-ins."""
     import networks
 
     real_encoder, real_clip = networks.build_encoder, networks.build_clip
@@ -30,7 +30,10 @@ def tiny_models_under_the_papers_names(monkeypatch):
 
 
 def config_for(tmp_path, dataset_name, root, **extra):
-    weights = tmp_path / "weights"  # absent files, named as released
+    weights = tmp_path / "weights"  # stand-ins named as released (the builders above never read them)
+    weights.mkdir(exist_ok=True)
+    for name in ("deit_s_sin_dist.pth", "ViT-L-14-336px.pt", "RN50x16.pt"):
+        (weights / name).write_bytes(b"")
     config = {
         "dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(root), "dataset_name": dataset_name,
         "weights": {"encoder": str(weights / "deit_s_sin_dist.pth"), "clip": str(weights / "ViT-L-14-336px.pt"),

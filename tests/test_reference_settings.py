@@ -14,10 +14,10 @@ import yaml
 import main_reco
 from datasets import metadata
 from entry import reference_setting
-from entry.reco_benchmark import _reference_pickle_usable, reference_pickle_path, run_dir_of
+from entry.reco_benchmark import reference_pickle_differences, reference_pickle_path, run_dir_of
 from entry.reco_common import FileReferenceCache
 from synthetic import write_cityscapes
-from test_end_to_end import colour_world, install_colour_models, reco_config
+from test_end_to_end import colour_world, install_colour_models, reco_config, write_imagenet_of
 from utils.config import load_reco_config
 
 VARIANTS = {
@@ -56,6 +56,7 @@ def base_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("settings")
     vocabulary, colours = colour_world(metadata.categories("cityscapes") + ["tree", "person"])
     write_cityscapes(root / "cityscapes", "val", n_images=1)
+    write_imagenet_of(root / "ImageNet2012", colours, n_per_class=1)  # the run checks it is there (not read)
     world = {"root": root, "vocabulary": vocabulary, "colours": colours}
     with pytest.MonkeyPatch.context() as monkeypatch:
         calls = install_stubs(monkeypatch, world)
@@ -151,7 +152,7 @@ def test_a_pickle_without_record_is_refused_unless_the_papers_setting(tmp_path, 
     assert path.name == "deit_s_16_sin_in_train_ce_ta_cat_to_img_feature_k10.pkl"
     path.write_bytes(b"not read")
     with pytest.raises(ValueError, match="no settings record"):
-        _reference_pickle_usable(path, reference_setting.reference_setting(config), config)
+        reference_pickle_differences(config)
 
 
 def test_paper_setting_keeps_the_original_names(tmp_path):
@@ -193,6 +194,7 @@ def test_pseudo_masks_of_another_setting_are_not_reused(tmp_path, monkeypatch):
     vocabulary, colours = colour_world(metadata.categories("cityscapes") + ["tree", "person"])
     calls = install_stubs(monkeypatch, {"vocabulary": vocabulary, "colours": colours})
     split = write_cityscapes(tmp_path / "cityscapes", "train", n_images=1)
+    write_imagenet_of(tmp_path / "ImageNet2012", colours, n_per_class=1)
     config_path = reco_config(tmp_path, n_imgs=2, batch_size=1, n_visualisations=0)
     assert main_reco.main(["--config", str(config_path), "--split", "train"]) == 0
     out = run_dir_of(load_reco_config(config_path), "train")
