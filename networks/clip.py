@@ -27,7 +27,7 @@ from utils.io import describe_exception
 from utils.normalisation import CLIP_MEAN, CLIP_STD
 
 from .clip_registry import ClipSpec, get_clip
-from .weights import freeze, is_torchscript_archive, load_state_dict_file, load_strict, resolve_weights
+from .weights import freeze, is_torchscript_archive, load_state_dict_file, load_strict, resolve_weights, weights_source
 
 logger = logging.getLogger("reco.networks")
 
@@ -54,9 +54,10 @@ def build_clip(
     spec = get_clip(arch)
     device = torch.device(device)
     precision = _resolve_precision(precision, device)
-    if weights is not None and Path(os.fspath(weights)).expanduser().is_dir():
-        model = _from_folder(spec, Path(os.fspath(weights)).expanduser(), device, precision, key)
-        return freeze(model), _tokenizer_of(spec, key, folder=Path(os.fspath(weights)).expanduser())
+    source, folder = weights_source(weights)
+    if source == "folder":
+        model = _from_folder(spec, folder, device, precision, key)
+        return freeze(model), _tokenizer_of(spec, key, folder=folder)
     kind, value = resolve_weights(weights, key, spec.weights, spec.tags)
 
     if kind == "random":

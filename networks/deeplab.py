@@ -217,8 +217,8 @@ def _set_bn_momentum(module: nn.Module, momentum: float) -> None:
 def _load_backbone_weights(model: nn.Module, backbone: str, weights: str) -> None:
     """Load ImageNet weights into a torchvision model from a local checkpoint or a torchvision tag."""
     source, path = weights_source(weights)  # the one 'file or tag' reading of a weights value
-    if source in ("file", "missing_file"):
-        if source == "missing_file":
+    if source in ("file", "folder", "missing_file"):
+        if source != "file":
             raise ValueError(f"{WEIGHTS_KEY}: file not found: {path} (a torchvision {backbone} ImageNet "
                              "checkpoint, e.g. resnet101-63fe2227.pth)")
         state_dict = torch.load(path, map_location="cpu", weights_only=True)

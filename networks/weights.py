@@ -20,7 +20,7 @@ from utils.io import describe_exception
 
 RANDOM = "random"
 WeightsKind = Literal["random", "file", "tag"]
-WeightsSource = Literal["unset", "random", "file", "missing_file", "tag"]
+WeightsSource = Literal["unset", "random", "file", "folder", "missing_file", "tag"]
 # A value that is not an existing file is read as a (missing) file path when it has one of these
 # suffixes or a directory separator, and as a library tag otherwise (tags are bare words: 'openai').
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".safetensors")
@@ -29,8 +29,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".safetensors")
 def weights_source(weights: Optional[Union[str, os.PathLike]]) -> tuple[WeightsSource, Optional[Union[Path, str]]]:
     """Classify a `weights` value without checking it against a library's tags (never raises).
 
-    ('unset', None), ('random', None), ('file', Path) for an existing file, ('missing_file', Path) for a
-    path-like value that is not a file, or ('tag', value).
+    ('unset', None), ('random', None), ('file', Path) for an existing file, ('folder', Path) for an existing
+    directory (an open_clip release folder), ('missing_file', Path) for a path-like value that is not there,
+    or ('tag', value).
     """
     if weights is None or (isinstance(weights, str) and not weights.strip()):
         return "unset", None
@@ -40,6 +41,8 @@ def weights_source(weights: Optional[Union[str, os.PathLike]]) -> tuple[WeightsS
     path = Path(value).expanduser()
     if path.is_file():
         return "file", path
+    if path.is_dir():
+        return "folder", path
     if path.exists() or path.suffix.lower() in CHECKPOINT_SUFFIXES or "/" in value or os.sep in value \
             or value.startswith(("~", ".")):
         return "missing_file", path
