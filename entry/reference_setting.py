@@ -62,7 +62,7 @@ def category_setting(config: RecoConfig) -> Record:
     return {
         "encoder": _model(config.encoder_arch, config.weights.encoder),
         "retrieval_clip": _model(config.clip_arch, config.weights.clip),
-        "imagenet_split": config.imagenet_split,
+        "retrieved_from": config.retrieval_tag,  # in_{split} (ImageNet) or col_{name} (collection_dir)
         "n_imgs": config.n_imgs,
         "text_attention": _model(config.dense_clip_arch, config.weights.dense_clip) if config.text_attention else None,
         "reproduce_seed_slice_bug": config.reproduce_seed_slice_bug,
@@ -94,8 +94,8 @@ def setting_hash(record: Record) -> str:
 def is_paper_setting(config: RecoConfig, strict: bool = False) -> bool:
     """True if the reference setting is the paper's in everything the experiment name does not spell out.
 
-    The experiment name already holds the ImageNet split, context elimination on/off and text attention
-    on/off, and the pickle name holds k; `strict` also requires the paper's values of those (the setting
+    The experiment name already holds the ImageNet split (or the collection), context elimination on/off
+    and text attention on/off, and the pickle name holds k; `strict` also requires the paper's values of those (the setting
     the authors published their pickles for).
     """
     paper = _paper_config(config, strict)
@@ -219,5 +219,6 @@ def _paper_config(config: RecoConfig, strict: bool = False) -> RecoConfig:
     paper = RecoConfig(dir_ckpt=config.dir_ckpt)  # weights unset: canonical
     if strict:
         return paper
-    return dataclasses.replace(paper, imagenet_split=config.imagenet_split, n_imgs=config.n_imgs,
+    return dataclasses.replace(paper, imagenet_split=config.imagenet_split, collection_dir=config.collection_dir,
+                               collection_name=config.collection_name, n_imgs=config.n_imgs,
                                context_elimination=config.context_elimination, text_attention=config.text_attention)

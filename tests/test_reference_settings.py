@@ -214,7 +214,7 @@ def test_readme_example_of_a_hashed_name():
     from utils.config import RecoConfig
 
     config = RecoConfig(dir_ckpt="x", context_categories=["sky"])
-    assert reference_setting.reference_experiment_name(config) == "deit_s_16_sin_in_train_ce_ta_cd844302"
+    assert reference_setting.reference_experiment_name(config) == "deit_s_16_sin_in_train_ce_ta_643c30fe"
 
 
 def test_weights_source_tells_files_from_tags(tmp_path):
