@@ -118,7 +118,12 @@ def test_retrieval_from_a_folder_gives_the_colour_world_references(tmp_path, mon
     # Known answer: every category's retrieved images show its colour, so its reference is that colour.
     from utils.io import safe_load_pickle
 
-    references = safe_load_pickle(tmp_path / "cityscapes" / "tiny_vit_col_colours_ce_ta_cat_to_img_feature_k3.pkl")
+    from entry.reco_benchmark import reference_pickle_path
+    from utils.config import load_reco_config
+
+    pickle_path = reference_pickle_path(load_reco_config(config))  # tiny models: the name has a setting hash
+    assert pickle_path.name.startswith("tiny_vit_col_colours_ce_ta_") and pickle_path.name.endswith("_k3.pkl")
+    references = safe_load_pickle(pickle_path)
     assert list(references) == categories
     for name in categories:
         assert int(references[name].argmax()) == vocabulary[name], name
