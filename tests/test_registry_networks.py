@@ -123,9 +123,13 @@ def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_p
         write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
         config = reco_config(tmp_path, encoder_arch="colour-vit/8-reg2")
         assert main_reco.main(["--config", str(config)]) == 0
+        from entry.reco_benchmark import run_dir_of
+        from utils.config import load_reco_config
+
+        out = run_dir_of(load_reco_config(config), "val")  # not the paper's setting: the name has a setting hash
     finally:
         unregister_encoder("colour-vit/8-reg2")
-    out = tmp_path / "ckpt" / "cityscapes" / "val" / "reco" / "colour_vit_8_reg2_in_train_ce_ta_dc" / "k003"
+    assert out.parent.name.startswith("colour_vit_8_reg2_in_train_ce_ta_") and out.parent.name.endswith("_dc")
     results = json.loads((out / "results.json").read_text())
     assert results["Mean IoU"] >= 0.9, results
 
