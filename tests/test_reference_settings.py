@@ -229,3 +229,16 @@ def test_weights_source_tells_files_from_tags(tmp_path):
     assert weights_source("openai") == ("tag", "openai")
     assert weights_source("IMAGENET1K_V1") == ("tag", "IMAGENET1K_V1")
     assert reference_setting.weights_identity(str(tmp_path / "w.pt")) == {"kind": "file", "name": "w.pt", "bytes": 1}
+
+
+def test_tiny_reco_plus_config_reads_the_pseudo_masks_the_demo_writes():
+    """configs/reco_plus_tiny.yaml names the demo's train run directory, setting hash included."""
+    from pathlib import Path
+
+    from entry.reco_demo import demo_config
+    from utils.config import reco_config_from_dict
+
+    repo = Path(__file__).resolve().parents[1]
+    demo = reco_config_from_dict(demo_config(Path("reco_demo")))
+    configured = yaml.safe_load((repo / "configs" / "reco_plus_tiny.yaml").read_text())["dir_pseudo_masks"]
+    assert Path(configured) == run_dir_of(demo, "train") / "dt_crf"
