@@ -25,15 +25,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from networks.clip import openai_checkpoint_name
+from networks.encoder_registry import encoder_names, get_encoder
 from networks.weights import weights_source
 from utils.config import RecoConfig
 
 logger = logging.getLogger("reco")
 
 SIDECAR_SUFFIX = ".meta.json"
-# The paper's models (the defaults of RecoConfig) and the weight file each was released as.
-ENCODER_RELEASE_FILES = {"DeiT-S/16-SIN": "deit_s_sin_dist.pth"}
-CLIP_RELEASE_TAG = "openai"
+CLIP_RELEASE_TAG = "openai"  # open_clip's tag of the OpenAI releases
 
 Record = dict[str, Any]
 
@@ -176,13 +175,14 @@ def _is_canonical(weights: Record, arch: str) -> bool:
         return True
     if weights.get("kind") == "file":
         return weights.get("name") == _release_file(arch)
-    return weights.get("kind") == "tag" and weights.get("name") == CLIP_RELEASE_TAG and arch not in ENCODER_RELEASE_FILES
+    return weights.get("kind") == "tag" and weights.get("name") == CLIP_RELEASE_TAG and arch not in encoder_names()
 
 
 def _release_file(arch: str) -> Optional[str]:
-    """The file the weights of `arch` were released as (None: no such release, e.g. the test archs)."""
-    if arch in ENCODER_RELEASE_FILES:
-        return ENCODER_RELEASE_FILES[arch]
+    """The file the weights of `arch` were released as: the encoder registry's release_file, or the
+    CLIP registry's OpenAI file (None: no such release, e.g. the test archs)."""
+    if arch in encoder_names():
+        return get_encoder(arch).release_file
     try:
         return openai_checkpoint_name(arch)
     except ValueError:  # not a CLIP, or a CLIP without an OpenAI release

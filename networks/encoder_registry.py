@@ -47,6 +47,8 @@ class EncoderSpec:
     convert_checkpoint: (state_dict, model) -> state_dict in timm's layout, for files in the authors'
         own layout (DINOv2/DINOv3 releases); None: the file must already be in timm's layout.
     test_only: random weights are expected (no warning), e.g. the tiny test architecture.
+    release_file: the file name of the weights the encoder was published with, if one (the reference
+        settings record treats that file as the arch's canonical weights, wherever it lies).
     """
 
     name: str
@@ -63,6 +65,7 @@ class EncoderSpec:
     timm_kwargs: Mapping[str, Any] = field(default_factory=dict)
     convert_checkpoint: Optional[Callable[[dict, nn.Module], dict]] = None
     test_only: bool = False
+    release_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.pos_embed not in POS_EMBED_RULES:
@@ -104,6 +107,7 @@ _SPECS: tuple[EncoderSpec, ...] = (
         name="DeiT-S/16-SIN", architecture="deit_small_distilled_patch16_224", patch_size=16, embed_dim=384,
         num_prefix_tokens=2, pos_embed="bicubic_token_count",
         weights="the DeiT-S/16-SIN checkpoint deit_s_sin_dist.pth ({'model': state_dict})",
+        release_file="deit_s_sin_dist.pth",
     ),
     _dinov2("DINOv2-S/14", "vit_small_patch14_dinov2", 384, 0, "dinov2_vits14_pretrain.pth"),
     _dinov2("DINOv2-B/14", "vit_base_patch14_dinov2", 768, 0, "dinov2_vitb14_pretrain.pth"),
