@@ -21,15 +21,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark, size_grouped_batches
 from entry.reference_setting import run_setting
 from entry.reco_benchmark import _collate_readable, _SkipUnreadable, cosegmentation_visualiser, run_dir_of
-from entry.reco_common import build_dense_clip, build_encoder, compute_references
-from reco.inference import predict
+from entry.reco_common import InferenceModels, build_dense_clip, build_encoder, compute_references, inference_models
 from reco.ovss import benchmark_queries, ovss_class_scores, query_list
 from reco.references import stack_references
 from reco.sliding import protocol_size, resize_images, sliding_window_scores
@@ -108,29 +107,26 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
                                     on_reference=cosegmentation_visualiser(run_dir))
     if references_only:
         return {}
-    text = dense.embed_text(protocol.queries) if dense is not None and config.dense_clip_inference else None
     matrix = stack_references(references, protocol.queries).to(device)
     del references
-    return evaluate_ovss(config, dataset, protocol, run_dir, device, encoder, matrix,
-                         dense.dense_clip if text is not None else None, text)
+    models = inference_models(config, protocol.queries, encoder, matrix, dense)
+    crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
+    return evaluate_ovss(config, dataset=dataset, protocol=protocol, run_dir=run_dir, device=device, models=models,
+                         crf=crf)
 
 
 @torch.no_grad()
-def evaluate_ovss(config, dataset, protocol: OvssProtocol, run_dir: Path, device, encoder, references,
-                  dense_clip, text) -> dict[str, Any]:
+def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtocol, run_dir: Path,
+                  device: torch.device, models: InferenceModels, crf: CrfSettings) -> dict[str, Any]:
     """Score every val image with and without the CRF; write results.json, results_crf.json and panels."""
     n_classes = len(protocol.class_names)
     palette = metadata.palette(config.dataset_name)
-    crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
     loader = DataLoader(
         _SkipUnreadable(dataset, fatal=(AnnotationMismatchError,)), num_workers=config.n_workers,
         pin_memory=device.type == "cuda", collate_fn=_collate_readable,
         batch_sampler=size_grouped_batches(dataset.image_sizes(), config.batch_size),
     )
-
-    def score_window(crop: torch.Tensor) -> torch.Tensor:
-        return predict(crop, encoder, references, dense_clip, text)
 
     skipped: list[str] = []
     for i, batch in enumerate(tqdm(loader, desc=f"ReCo {config.dataset_name}", unit="batch")):
@@ -142,7 +138,7 @@ def evaluate_ovss(config, dataset, protocol: OvssProtocol, run_dir: Path, device
         images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
         full_size = tuple(images.shape[-2:])
         resized = resize_images(images, protocol_size(*full_size, config.eval_short_side, config.eval_long_side_max))
-        query_scores = sliding_window_scores(resized, score_window, config.slide_window, config.slide_stride)
+        query_scores = sliding_window_scores(resized, models.predict, config.slide_window, config.slide_stride)
         class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
                                          protocol.threshold)  # (B, C, h, w)
         del query_scores
