@@ -6,6 +6,7 @@ given as collection_dir) with CLIP into the on-disk index (torchrun-aware).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from entry.reco_common import clip_precision
 from image_index.build import build_index
 from utils import distributed, timing
 from utils.config import RecoConfig
-from utils.device import resolve_device, setup_logging
+from utils.device import extra_log_file, resolve_device
 
 logger = logging.getLogger("reco")
 
@@ -45,37 +46,38 @@ def run_index_stage(config: RecoConfig) -> Path:
             distributed.barrier()
             return out_dir
         device = resolve_device(config.device)
-        if rank == 0:
-            setup_logging(out_dir.parent / f"build_{out_dir.name}.log")
-        with timing.stage("models"):
-            clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
-                                                precision=clip_precision(config, device), key="weights.clip")
-        image_size = networks.clip_image_size(clip_model)
-        paths = collection.list_images()
-        if not paths:
-            raise FileNotFoundError(collection.missing_images_message())
+        # the build's own log gets the build's messages; the run's log (reco.log) keeps getting them too
+        build_log = out_dir.parent / f"build_{out_dir.name}.log"
+        with extra_log_file(build_log) if rank == 0 else contextlib.nullcontext():
+            with timing.stage("models"):
+                clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
+                                                    precision=clip_precision(config, device), key="weights.clip")
+            image_size = networks.clip_image_size(clip_model)
+            paths = collection.list_images()
+            if not paths:
+                raise FileNotFoundError(collection.missing_images_message())
 
-        to_model_input = networks.clip_input_adapter(config.clip_arch)  # identity for OpenAI CLIPs
-        resize = networks.get_clip(config.clip_arch).index_resize  # "crop" for OpenAI CLIPs (SPEC 2)
+            to_model_input = networks.clip_input_adapter(config.clip_arch)  # identity for OpenAI CLIPs
+            resize = networks.get_clip(config.clip_arch).index_resize  # "crop" for OpenAI CLIPs (SPEC 2)
 
-        def embed(images: torch.Tensor) -> torch.Tensor:
-            # uint8 from the workers; ToTensor + Normalize here, on the device, bit-identical to SPEC 2
-            pixels = to_model_input(clip_normalise(images.to(device, non_blocking=True)))
-            return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
+            def embed(images: torch.Tensor) -> torch.Tensor:
+                # uint8 from the workers; ToTensor + Normalize here, on the device, bit-identical to SPEC 2
+                pixels = to_model_input(clip_normalise(images.to(device, non_blocking=True)))
+                return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
 
-        meta = {"clip_arch": config.clip_arch, "split": collection.name, "image_size": image_size}
-        if not collection.is_imagenet:
-            meta["collection_dir"] = str(collection.root)
-        with timing.stage("index build", log=True):
-            build_index(
-                paths, embed, out_dir, meta,
-                make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False, resize=resize),
-                batch_size=config.index_batch_size, num_workers=index_workers(config, device),
-                shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
-                barrier=distributed.barrier, logger=logger,
-                autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
-                names=collection.index_names(paths),
-            )
+            meta = {"clip_arch": config.clip_arch, "split": collection.name, "image_size": image_size}
+            if not collection.is_imagenet:
+                meta["collection_dir"] = str(collection.root)
+            with timing.stage("index build", log=True):
+                build_index(
+                    paths, embed, out_dir, meta,
+                    make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False, resize=resize),
+                    batch_size=config.index_batch_size, num_workers=index_workers(config, device),
+                    shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
+                    barrier=distributed.barrier, logger=logger,
+                    autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
+                    names=collection.index_names(paths),
+                )
     finally:
         distributed.cleanup()
     return out_dir

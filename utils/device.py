@@ -1,11 +1,13 @@
 """Device selection, seeding and logging set-up (no project imports)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
     logger = logging.getLogger("reco")
     logger.setLevel(level)
     logger.propagate = False
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    fmt = _log_format()
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in logger.handlers):
         stream = logging.StreamHandler(sys.stderr)
@@ -62,3 +64,24 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         handler.setFormatter(fmt)
         logger.addHandler(handler)
     return logger
+
+
+def _log_format() -> logging.Formatter:
+    return logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+@contextlib.contextmanager
+def extra_log_file(log_file: str | os.PathLike) -> Iterator[Path]:
+    """Within the block, the 'reco' logger also writes to `log_file` (appending); the handlers it had
+    (stderr, the run's own log) stay, and the extra file handler is removed and closed on exit."""
+    logger = setup_logging()  # the stderr handler, when the process has none yet
+    path = Path(log_file).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(_log_format())
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
