@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from utils.registry import Registry
+
 if TYPE_CHECKING:  # only for annotations: the base class module imports this one
     from .benchmarks import BenchmarkDataset
 
@@ -150,33 +152,27 @@ _SPECS += (
     _ovss("ade20k150", "ADE20K val, 150 classes"),
 )
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {}
+BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark", "dataset_name")
 
 
 def register_benchmark(spec: BenchmarkSpec, replace: bool = False) -> BenchmarkSpec:
     """Add `spec` to the registry under `spec.name` (a second spec of the same name needs `replace`)."""
-    if spec.name in BENCHMARKS and not replace:
-        raise ValueError(f"benchmark {spec.name!r} is already registered")
-    BENCHMARKS[spec.name] = spec
-    return spec
+    return BENCHMARKS.register(spec.name, spec, replace)
 
 
 def unregister_benchmark(name: str) -> None:
     """Remove a registered benchmark (tests that register a temporary one clean up with this)."""
-    BENCHMARKS.pop(name, None)
+    BENCHMARKS.unregister(name)
 
 
 def benchmark_names() -> tuple[str, ...]:
     """The registered `dataset_name` values, in registration order."""
-    return tuple(BENCHMARKS)
+    return BENCHMARKS.names()
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
     """The spec of `name`, or a ValueError listing the known names."""
-    spec = BENCHMARKS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown dataset_name {name!r}; known: {', '.join(BENCHMARKS)}")
-    return spec
+    return BENCHMARKS.lookup(name)
 
 
 for _spec in _SPECS:

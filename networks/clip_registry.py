@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from utils.normalisation import CLIP_MEAN, CLIP_STD
+from utils.registry import Registry
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
@@ -98,24 +99,21 @@ _SPECS: tuple[ClipSpec, ...] = (
              tiny_config=_TINY_RN),
 )
 
-CLIPS: dict[str, ClipSpec] = {}
+CLIPS: Registry[ClipSpec] = Registry("CLIP", "CLIP architecture")
 
 
 def register_clip(spec: ClipSpec, replace: bool = False) -> ClipSpec:
     """Add `spec` under `spec.name` (a second spec of the same name needs `replace`)."""
-    if spec.name in CLIPS and not replace:
-        raise ValueError(f"CLIP {spec.name!r} is already registered")
-    CLIPS[spec.name] = spec
-    return spec
+    return CLIPS.register(spec.name, spec, replace)
 
 
 def unregister_clip(name: str) -> None:
-    CLIPS.pop(name, None)
+    CLIPS.unregister(name)
 
 
 def clip_names(dense: bool = False) -> tuple[str, ...]:
     """Registered names (only those usable as DenseCLIP with `dense`)."""
-    return tuple(name for name, spec in CLIPS.items() if spec.dense or not dense)
+    return CLIPS.names(keep=(lambda spec: spec.dense) if dense else None)
 
 
 def find_clip(name: str) -> Optional[ClipSpec]:
@@ -129,8 +127,8 @@ def get_clip(name: str, dense: bool = False) -> ClipSpec:
     """The spec of `name` (paper or open_clip spelling), or a ValueError listing the known names."""
     spec = find_clip(name)
     if spec is None or (dense and not spec.dense):
-        what = "DenseCLIP architecture (a ModifiedResNet CLIP)" if dense else "CLIP architecture"
-        raise ValueError(f"unknown {what} {name!r}; known: {', '.join(clip_names(dense))}")
+        key = "DenseCLIP architecture (a ModifiedResNet CLIP)" if dense else CLIPS.key
+        raise CLIPS.unknown(name, clip_names(dense), key)
     return spec
 
 

@@ -16,6 +16,7 @@ from timm.models.deit import VisionTransformerDistilled
 from torch import nn
 
 from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
+from utils.registry import Registry
 
 # DINOv3's satellite models (SAT-493M) were trained with these statistics.
 SAT493M_MEAN = (0.430, 0.411, 0.296)
@@ -124,31 +125,25 @@ _SPECS: tuple[EncoderSpec, ...] = (
     ),
 )
 
-ENCODERS: dict[str, EncoderSpec] = {}
+ENCODERS: Registry[EncoderSpec] = Registry("encoder", "encoder architecture")
 
 
 def register_encoder(spec: EncoderSpec, replace: bool = False) -> EncoderSpec:
     """Add `spec` under `spec.name` (a second spec of the same name needs `replace`)."""
-    if spec.name in ENCODERS and not replace:
-        raise ValueError(f"encoder {spec.name!r} is already registered")
-    ENCODERS[spec.name] = spec
-    return spec
+    return ENCODERS.register(spec.name, spec, replace)
 
 
 def unregister_encoder(name: str) -> None:
-    ENCODERS.pop(name, None)
+    ENCODERS.unregister(name)
 
 
 def encoder_names() -> tuple[str, ...]:
-    return tuple(ENCODERS)
+    return ENCODERS.names()
 
 
 def get_encoder(name: str) -> EncoderSpec:
     """The spec of `name`, or a ValueError listing the known names."""
-    spec = ENCODERS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown encoder architecture {name!r}; known: {', '.join(ENCODERS)}")
-    return spec
+    return ENCODERS.lookup(name)
 
 
 for _spec in _SPECS:

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from .normalisation import denormalise_image  # noqa: F401  (re-exported: the CRF's callers denormalise with it)
 from .permutohedral import LatticeOperator, MatrixOperator, build_lattice, lattice_operator
+from .registry import Registry
 
 MAX_ITER = 10
 POS_W, POS_XY_STD = 3.0, 1.0
@@ -38,25 +39,23 @@ CrfBackend = Callable[[ArrayLike, Tensor, Optional[int], Optional[int]], Tensor]
 # The CRF backend registry (config key `crf_backend`), filled at the end of this module: adding a
 # backend is one `register_crf_backend(name, fn)`. 'auto' picks by device type from AUTO_BACKENDS,
 # else AUTO_DEFAULT.
-CRF_BACKENDS: dict[str, CrfBackend] = {}
+CRF_BACKENDS: Registry[CrfBackend] = Registry("CRF backend", "CRF backend", reserved=("auto",))
 AUTO_BACKENDS: dict[str, str] = {}
 AUTO_DEFAULT = "torch"
 
 
 def register_crf_backend(name: str, backend: CrfBackend, replace: bool = False) -> None:
     """Add a CRF backend under `name` ('auto' is reserved)."""
-    if name == "auto" or (name in CRF_BACKENDS and not replace):
-        raise ValueError(f"CRF backend {name!r} is reserved or already registered")
-    CRF_BACKENDS[name] = backend
+    CRF_BACKENDS.register(name, backend, replace)
 
 
 def unregister_crf_backend(name: str) -> None:
-    CRF_BACKENDS.pop(name, None)
+    CRF_BACKENDS.unregister(name)
 
 
 def crf_backend_names() -> tuple[str, ...]:
     """The values `crf_backend` accepts: 'auto' and every registered backend."""
-    return ("auto",) + tuple(CRF_BACKENDS)
+    return ("auto",) + CRF_BACKENDS.names()
 
 
 def resolve_crf_backend(name: str, device: Union[str, torch.device, None] = None) -> str:
@@ -70,7 +69,7 @@ def resolve_crf_backend(name: str, device: Union[str, torch.device, None] = None
         device_type = torch.device(device).type if device is not None else "cpu"
         return AUTO_BACKENDS.get(device_type, AUTO_DEFAULT)
     if name not in CRF_BACKENDS:
-        raise ValueError(f"unknown CRF backend {name!r}; known: {', '.join(crf_backend_names())}")
+        raise CRF_BACKENDS.unknown(name, crf_backend_names())
     return name
 
 
