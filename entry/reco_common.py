@@ -31,18 +31,41 @@ logger = logging.getLogger("reco")
 
 
 class DenseClipModels:
-    """DenseCLIP (visual, dense) and the text embeddings of its CLIP's text tower (memoised per name)."""
+    """DenseCLIP (visual, dense) and the text embeddings of its CLIP's text tower (memoised per name).
 
-    def __init__(self, dense_clip: nn.Module, clip_model: nn.Module, tokenizer: Callable) -> None:
-        self.dense_clip = dense_clip
-        self._clip_model, self._tokenizer = clip_model, tokenizer
+    The models are built by `load` on first use (`dense_clip` or `embed_text`), so a run whose references
+    come from the pickle and that does not use DenseCLIP at inference never loads them.
+    """
+
+    def __init__(self, load: Callable[[], tuple[nn.Module, nn.Module, Callable]]) -> None:
+        self._load = load
+        self._models: Optional[tuple[nn.Module, nn.Module, Callable]] = None
         self._embedded: dict[str, torch.Tensor] = {}
+
+    def _loaded(self) -> tuple[nn.Module, nn.Module, Callable]:
+        if self._models is None:
+            self._models = self._load()
+        return self._models
+
+    @classmethod
+    def of(cls, dense_clip: nn.Module, clip_model: nn.Module, tokenizer: Callable) -> "DenseClipModels":
+        """Already-built models (e.g. passed to reco_api.ReCo)."""
+        return cls(lambda: (dense_clip, clip_model, tokenizer))
+
+    @property
+    def loaded(self) -> bool:
+        return self._models is not None
+
+    @property
+    def dense_clip(self) -> nn.Module:
+        return self._loaded()[0]
 
     def embed_text(self, names: Sequence[str]) -> torch.Tensor:
         """names -> (N, D) float32 text embeddings (SPEC 3)."""
         new = [n for n in dict.fromkeys(names) if n not in self._embedded]
         if new:
-            self._embedded.update(zip(new, text_embeddings(self._clip_model, self._tokenizer, new)))
+            _, clip_model, tokenizer = self._loaded()
+            self._embedded.update(zip(new, text_embeddings(clip_model, tokenizer, new)))
         return torch.stack([self._embedded[n] for n in names])
 
 
@@ -86,16 +109,20 @@ def build_encoder(config: RecoConfig, device: torch.device) -> nn.Module:
 
 
 def build_dense_clip(config: RecoConfig, device: torch.device) -> Optional[DenseClipModels]:
-    """DenseCLIP and its text tower, or None when neither text attention nor DenseCLIP inference is on."""
+    """DenseCLIP and its text tower (built on first use), or None when neither text attention nor
+    DenseCLIP inference is on."""
     if not (config.text_attention or config.dense_clip_inference):
         return None
-    with timing.stage("models"):
-        clip_model, tokenizer = networks.build_clip(
-            config.dense_clip_arch, config.weights.dense_clip, device=device,
-            precision=clip_precision(config, device), key="weights.dense_clip",
-        )
-        dense_clip = DenseCLIP(clip_model).to(device).eval()
-    return DenseClipModels(dense_clip, clip_model, tokenizer)
+
+    def load() -> tuple[nn.Module, nn.Module, Callable]:
+        with timing.stage("models"):
+            clip_model, tokenizer = networks.build_clip(
+                config.dense_clip_arch, config.weights.dense_clip, device=device,
+                precision=clip_precision(config, device), key="weights.dense_clip",
+            )
+            return DenseCLIP(clip_model).to(device).eval(), clip_model, tokenizer
+
+    return DenseClipModels(load)
 
 
 class FileReferenceCache(ReferenceCache):

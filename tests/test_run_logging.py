@@ -43,3 +43,28 @@ def test_benchmark_run_that_builds_its_index_logs_to_reco_log(tmp_path, monkeypa
     assert "building it" in run_log
     assert "mIoU" in run_log  # the messages after the build still reach the run's log
     assert "mIoU" not in build_log
+
+
+def test_dense_clip_not_loaded_when_the_reference_pickle_is_reused(tmp_path, monkeypatch):
+    """Text attention on, DenseCLIP inference off: the second run reads the reference pickle and needs
+    no DenseCLIP; it must not build one, and its results must equal the first run's."""
+    import json
+
+    import entry.reco_common as common
+
+    categories = metadata.categories("cityscapes")
+    vocabulary, colours = colour_world(categories + ["tree", "person"])
+    install_colour_models(monkeypatch, vocabulary, colours)
+    built = []
+    colour_dense_clip = common.DenseCLIP
+    monkeypatch.setattr(common, "DenseCLIP", lambda clip: built.append(1) or colour_dense_clip(clip))
+    write_imagenet_of(tmp_path / "ImageNet2012", colours)
+    write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
+    config = reco_config(tmp_path, crf=False, n_visualisations=0, text_attention=True, dense_clip_inference=False)
+
+    assert main_reco.main(["--config", str(config)]) == 0
+    assert len(built) == 1  # co-segmentation with text attention needs it
+    first = json.loads((run_dir(config) / "results.json").read_text())
+    assert main_reco.main(["--config", str(config)]) == 0
+    assert len(built) == 1  # the pickle is reused: no DenseCLIP this time
+    assert json.loads((run_dir(config) / "results.json").read_text()) == first
