@@ -27,12 +27,15 @@ from tqdm import tqdm
 from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark, size_grouped_batches
 from entry.reference_setting import run_setting
-from entry.reco_benchmark import _collate_readable, _SkipUnreadable, cosegmentation_visualiser, run_dir_of
+from entry.preflight import check_run_inputs
+from entry.reco_benchmark import (_collate_readable, _SkipUnreadable, _timed_loading, cosegmentation_visualiser,
+                                  run_dir_of)
 from entry.reco_common import InferenceModels, build_dense_clip, build_encoder, compute_references, inference_models
 from reco.ovss import benchmark_queries, ovss_class_scores, query_list
 from reco.references import stack_references
 from reco.sliding import protocol_size, resize_images, sliding_window_scores
-from utils.config import ConfigError, RecoConfig, config_to_dict, require_dir
+from utils import timing
+from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import atomic_write, save_json
@@ -90,11 +93,13 @@ def ovss_run_dir(config: RecoConfig, split: str = "val") -> Path:
 
 
 def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
-    require_dir(config, "dir_dataset")
     protocol = ovss_protocol(config)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device)  # a missing GPU is reported before the inputs
+    # every missing input at once; no reference pickle here (several benchmarks share a root)
+    check_run_inputs(config, stage="benchmark", categories=protocol.queries)
     run_dir = ovss_run_dir(config, split)
     setup_logging(run_dir / "reco.log")
+    timing.set_output_dir(run_dir)
     logger.info("ReCo on %s %s (%d classes, %d query names) -> %s (device %s)", config.dataset_name, split,
                 len(protocol.class_names), len(protocol.queries), run_dir, device)
     save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": run_setting(config)},
@@ -109,7 +114,8 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
         return {}
     matrix = stack_references(references, protocol.queries).to(device)
     del references
-    models = inference_models(config, protocol.queries, encoder, matrix, dense)
+    with timing.stage("text"):
+        models = inference_models(config, protocol.queries, encoder, matrix, dense)
     crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
     return evaluate_ovss(config, dataset=dataset, protocol=protocol, run_dir=run_dir, device=device, models=models,
                          crf=crf)
@@ -129,34 +135,41 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
     )
 
     skipped: list[str] = []
-    for i, batch in enumerate(tqdm(loader, desc=f"ReCo {config.dataset_name}", unit="batch")):
+    for i, batch in enumerate(_timed_loading(tqdm(loader, desc=f"ReCo {config.dataset_name}", unit="batch"))):
         skipped += batch["errors"]
         for error in batch["errors"]:
             logger.warning("skipped unreadable image %s", error)
         if batch["image"] is None:
             continue
-        images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
-        full_size = tuple(images.shape[-2:])
-        resized = resize_images(images, protocol_size(*full_size, config.eval_short_side, config.eval_long_side_max))
-        query_scores = sliding_window_scores(resized, models.predict, config.slide_window, config.slide_stride)
-        class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
-                                         protocol.threshold)  # (B, C, h, w)
-        del query_scores
-        refined = crf.refine(resized, class_scores)
+        with timing.stage("inference"):
+            images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
+            full_size = tuple(images.shape[-2:])
+            resized = resize_images(images, protocol_size(*full_size, config.eval_short_side,
+                                                          config.eval_long_side_max))
+            query_scores = sliding_window_scores(resized, models.predict, config.slide_window, config.slide_stride)
+            class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
+                                             protocol.threshold)  # (B, C, h, w)
+            del query_scores
+        with timing.stage("CRF"):
+            refined = crf.refine(resized, class_scores)
         for j in range(len(images)):  # one image at a time at full resolution bounds memory
-            pred = _full_resolution_argmax(class_scores[j], full_size)
-            pred_crf = _full_resolution_argmax(refined[j].to(device), full_size)
+            with timing.stage("inference"):
+                pred = _full_resolution_argmax(class_scores[j], full_size)
+            with timing.stage("CRF"):
+                pred_crf = _full_resolution_argmax(refined[j].to(device), full_size)
             label = batch["label"][j]
             scores.update(label, pred)
             scores_crf.update(label, pred_crf)
             if i < config.n_visualisations and j == 0:
-                rgb = denormalise_image(batch["image"][:1])[0]
-                save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette)
+                with timing.stage("writing"):
+                    rgb = denormalise_image(batch["image"][:1])[0]
+                    save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette)
 
     results = named_scores(scores.scores(), protocol.class_names)
     results_crf = named_scores(scores_crf.scores(), protocol.class_names)
-    save_json(run_dir / "results.json", results)
-    save_json(run_dir / "results_crf.json", results_crf)
+    with timing.stage("writing"):
+        save_json(run_dir / "results.json", results)
+        save_json(run_dir / "results_crf.json", results_crf)
     if skipped:
         with atomic_write(run_dir / "skipped_images.txt", "w") as f:
             f.write("\n".join(skipped) + "\n")
