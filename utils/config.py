@@ -2,27 +2,21 @@
 
 `load_reco_config` and `load_reco_plus_config` read a YAML file into frozen dataclasses. An unknown key,
 a missing required key or a value of the wrong type raises `ConfigError` naming the key. The keys of the
-original ReCo YAML files keep their names and meanings; new keys have defaults.
+original ReCo YAML files keep their names and meanings; new keys have defaults. The generic type coercion
+(and `ConfigError`, importable from here as before) is in utils/config_schema.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
-
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
+from utils.config_schema import ConfigError, build_dataclass, load_yaml_dataclass
 from utils.naming import slug
-
-
-class ConfigError(ValueError):
-    """A config key is unknown, missing, of the wrong type, or names a file that is not there."""
 
 
 # Allowed ranges of numeric keys, where a wrong value would otherwise fail deep inside a run (or run
@@ -201,17 +195,17 @@ class RecoPlusConfig:
 
 def load_reco_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoConfig:
     """Read a ReCo YAML file; `overrides` (e.g. from the command line) replace its values."""
-    return _load(RecoConfig, path, overrides)
+    return load_yaml_dataclass(RecoConfig, path, overrides, check=_check_device)
 
 
 def reco_config_from_dict(raw: dict[str, Any]) -> RecoConfig:
     """A ReCo config from a mapping of its YAML keys, checked as a file's would be (the Python API)."""
-    return _build(RecoConfig, dict(raw), prefix="")
+    return build_dataclass(RecoConfig, dict(raw))
 
 
 def load_reco_plus_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoPlusConfig:
     """Read a ReCo+ YAML file; `overrides` replace its values."""
-    return _load(RecoPlusConfig, path, overrides)
+    return load_yaml_dataclass(RecoPlusConfig, path, overrides, check=_check_device)
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -223,6 +217,10 @@ def check_device_name(value: Any, key: str = "device") -> str:
     if not isinstance(value, str) or not _DEVICE_PATTERN.fullmatch(value):
         raise ConfigError(f"{key}: {value!r} is not a device; use {DEVICE_NAMES}")
     return value
+
+
+def _check_device(config: Any) -> None:
+    check_device_name(config.device)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -249,87 +247,3 @@ def require_file(key: str, value: Optional[str], what: str = "") -> Path:
     if not path.is_file():
         raise ConfigError(f"{key}: file not found: {path}{f' (expected {what})' if what else ''}")
     return path
-
-
-def _load(cls: type, path: str | os.PathLike, overrides: Optional[dict[str, Any]]) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        config = _build(cls, raw, prefix="")
-        check_device_name(config.device)
-        return config
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (known keys: {', '.join(sorted(fields))})")
-    values = {}
-    for name, f in fields.items():
-        key = prefix + name
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"missing required key '{key}'")
-            continue
-        values[name] = _coerce(hints[name], raw[name], key)
-    return cls(**values)
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        if value is None:
-            return tp()
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
-        return _build(tp, value, prefix=key + ".")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"'{key}' must be a list, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
-        return {_coerce(args[0], k, key): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"'{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"'{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"'{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"'{key}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp} for '{key}'")
