@@ -28,7 +28,7 @@ N_COCO_STUFF_LABEL_IDS = 182  # 0-based ids in the COCO-Stuff PNG labels (11 of 
 
 @lru_cache(maxsize=None)
 def _load(filename: str) -> Any:
-    path = METADATA_DIR / filename
+    path = METADATA_DIR / filename  # an absolute path (a registered benchmark's own class list) stays itself
     if not path.is_file():
         raise FileNotFoundError(f"metadata file missing from the package: {path}")
     with open(path, encoding="utf-8") as f:
@@ -163,16 +163,21 @@ def ovss_class_names(dataset_name: str) -> list[str]:
 
 
 def ovss_metadata_path(dataset_name: str) -> Path:
-    """datasets/metadata/ovss_{dataset_name}.json: class list, queries, label convention, source."""
-    if dataset_name not in OVSS_DATASET_NAMES:
-        raise ValueError(f"not an open-vocabulary benchmark: {dataset_name!r}; known: {', '.join(OVSS_DATASET_NAMES)}")
+    """The class-list JSON of a registered open-vocabulary benchmark (its layout's `class_list`, default
+    datasets/metadata/ovss_{dataset_name}.json): class list, queries, label convention, source."""
+    spec = BENCHMARKS.get(dataset_name)
+    if spec is None or spec.layout is None:
+        known = BENCHMARKS.names(lambda s: s.layout is not None)
+        raise ValueError(f"not an open-vocabulary benchmark: {dataset_name!r}; known: {', '.join(known)}")
+    if spec.layout.class_list is not None:
+        return Path(spec.layout.class_list)
     return METADATA_DIR / f"ovss_{dataset_name}.json"
 
 
 def ovss_classes(dataset_name: str) -> list[OvssClass]:
     """The benchmark's classes in label order, each with its query names (the peers' lists)."""
     path = ovss_metadata_path(dataset_name)
-    entries = _load(path.name).get("classes")
+    entries = _load(str(path)).get("classes")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: 'classes' must be a non-empty list")
     classes = []
@@ -191,7 +196,7 @@ def ovss_classes(dataset_name: str) -> list[OvssClass]:
 def ovss_background(dataset_name: str) -> Optional[str]:
     """Name of the benchmark's background class (voc21, context60, coco_object), else None."""
     path = ovss_metadata_path(dataset_name)
-    background = _load(path.name).get("background")
+    background = _load(str(path)).get("background")
     if background is not None and background not in [c.name for c in ovss_classes(dataset_name)]:
         raise ValueError(f"{path}: background {background!r} is not one of its classes")
     return background

@@ -19,52 +19,25 @@ list is an error naming the label file and the class-list file. Class lists: dat
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from .benchmarks import AnnotationMismatchError, BenchmarkDataset, check_split, load_array, require_directory, require_files
-from .metadata import OVSS_DATASET_NAMES, ovss_classes, ovss_metadata_path
+from .metadata import ovss_classes, ovss_metadata_path
+from .ovss_layout import OvssLayout
+from .registry import BENCHMARKS, get_benchmark
 
 IGNORE_VALUE = 255
 
 
-@dataclass(frozen=True)
-class OvssLayout:
-    """Where a benchmark's val images and labels are, relative to `dir_dataset`."""
-
-    root_name: str                      # what dir_dataset is usually called, for error messages
-    image_dir: str
-    label_dir: str
-    image_suffix: str                   # image file = {stem}{image_suffix}
-    label_suffix: str                   # label file = {stem}{label_suffix}, in the same sub-folder
-    split_list: Optional[str] = None    # one stem per line; None: every image in image_dir
-    nested: bool = False                # images one folder level down (Cityscapes cities)
-    reduce_zero_label: bool = False     # 0 -> ignore, others - 1
-
-
-_VOC = dict(image_dir="JPEGImages", image_suffix=".jpg", label_suffix=".png")
-OVSS_LAYOUTS: dict[str, OvssLayout] = {
-    "voc21": OvssLayout("VOCdevkit/VOC2012", label_dir="SegmentationClass",
-                        split_list="ImageSets/Segmentation/val.txt", **_VOC),
-    "voc20": OvssLayout("VOCdevkit/VOC2012", label_dir="SegmentationClass",
-                        split_list="ImageSets/Segmentation/val.txt", reduce_zero_label=True, **_VOC),
-    "context60": OvssLayout("VOCdevkit/VOC2010", label_dir="SegmentationClassContext",
-                            split_list="ImageSets/SegmentationContext/val.txt", **_VOC),
-    "context59": OvssLayout("VOCdevkit/VOC2010", label_dir="SegmentationClassContext",
-                            split_list="ImageSets/SegmentationContext/val.txt", reduce_zero_label=True, **_VOC),
-    "coco_object": OvssLayout("coco_object (written by cvt_coco_object.py)", "images/val2017", "annotations/val2017",
-                              ".jpg", "_instanceTrainIds.png"),
-    "coco_stuff171": OvssLayout("coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg", "_labelTrainIds.png"),
-    "cityscapes19": OvssLayout("cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
-                               "_gtFine_labelTrainIds.png", nested=True),
-    "ade20k150": OvssLayout("ADEChallengeData2016", "images/validation", "annotations/validation", ".jpg", ".png",
-                            reduce_zero_label=True),
-}
-if set(OVSS_LAYOUTS) != set(OVSS_DATASET_NAMES):  # one entry per benchmark name, in both tables
-    raise RuntimeError("OVSS_LAYOUTS and metadata.OVSS_DATASET_NAMES disagree")
+def ovss_layout(dataset_name: str) -> OvssLayout:
+    """The layout of a registered open-vocabulary benchmark (its registry entry's `layout`)."""
+    spec = get_benchmark(dataset_name)
+    if spec.layout is None:
+        names = BENCHMARKS.names(lambda s: s.layout is not None)
+        raise ValueError(f"unknown open-vocabulary benchmark {dataset_name!r}; known: {', '.join(names)}")
+    return spec.layout
 
 
 def labels_to_classes(label: np.ndarray, n_classes: int, reduce_zero_label: bool) -> np.ndarray:
@@ -87,11 +60,9 @@ class OvssBenchmark(BenchmarkDataset):
     resize = False
 
     def __init__(self, dataset_name: str, root: str | os.PathLike, split: str = "val") -> None:
-        if dataset_name not in OVSS_LAYOUTS:
-            raise ValueError(f"unknown open-vocabulary benchmark {dataset_name!r}; known: {', '.join(OVSS_LAYOUTS)}")
+        self.layout = ovss_layout(dataset_name)
         self.dataset_name = dataset_name
         check_split(dataset_name, split, ("val",))
-        self.layout = OVSS_LAYOUTS[dataset_name]
         self.n_classes = len(ovss_classes(dataset_name))
         images, labels = list_ovss(dataset_name, root)
         super().__init__(root, split, images, labels, [p.relative_to(Path(root)).as_posix() for p in labels])
@@ -118,7 +89,7 @@ class OvssBenchmark(BenchmarkDataset):
 
 def list_ovss(dataset_name: str, root: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     """The val images of a benchmark and, paired by stem, their label files."""
-    layout = OVSS_LAYOUTS[dataset_name]
+    layout = ovss_layout(dataset_name)
     root = require_directory(Path(root), f"{dataset_name} root (dir_dataset)")
     expected = (f"{dataset_name}: dir_dataset must be the {layout.root_name} folder, holding "
                 f"{layout.image_dir}/ and {layout.label_dir}/" + (f" and {layout.split_list}" if layout.split_list else ""))

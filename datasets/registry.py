@@ -20,6 +20,8 @@ import numpy as np
 
 from utils.registry import Registry
 
+from .ovss_layout import VOC2010_CONTEXT, VOC2012, OvssLayout
+
 if TYPE_CHECKING:  # only for annotations: the base class module imports this one
     from .benchmarks import BenchmarkDataset
 
@@ -49,6 +51,7 @@ class BenchmarkSpec:
         "ovss": the open-vocabulary protocol (datasets/ovss.py, reco/ovss.py: a class scores the max
         over its query names, background by threshold or synonyms, sliding windows).
     description: one line for listings (README, error messages).
+    layout: where an "ovss" benchmark's images, labels and class list are (datasets/ovss_layout.py).
     """
 
     name: str
@@ -60,6 +63,7 @@ class BenchmarkSpec:
     splits: tuple[str, ...] = ("train", "val")
     protocol: str = "reco"
     description: str = ""
+    layout: Optional[OvssLayout] = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -68,6 +72,8 @@ class BenchmarkSpec:
             raise ValueError(f"benchmark {self.name!r}: no splits declared")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"benchmark {self.name!r}: protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if (self.protocol == "ovss") != (self.layout is not None):
+            raise ValueError(f"benchmark {self.name!r}: an 'ovss' benchmark needs a layout, and only it has one")
 
     def build(self, root: Union[str, os.PathLike], split: str) -> "BenchmarkDataset":
         """The reader of `split` under `root`; an undeclared split is a ValueError listing the declared ones."""
@@ -114,9 +120,10 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
 
 
 
-def _ovss(name: str, description: str) -> BenchmarkSpec:
-    """An open-vocabulary benchmark: reader datasets.ovss.OvssBenchmark(name, ...), class list and query
-    names from datasets/metadata/ovss_{name}.json, the PASCAL VOC colour map."""
+def _ovss(name: str, description: str, layout: OvssLayout) -> BenchmarkSpec:
+    """An open-vocabulary benchmark: reader datasets.ovss.OvssBenchmark(name, ...) on `layout`, class list
+    and query names from its JSON (layout.class_list, default datasets/metadata/ovss_{name}.json), the
+    PASCAL VOC colour map. Adding one is one `_ovss(...)` entry plus its class-list JSON."""
 
     def read(root: Union[str, os.PathLike], split: str) -> "BenchmarkDataset":
         from .ovss import OvssBenchmark
@@ -136,20 +143,29 @@ def _ovss(name: str, description: str) -> BenchmarkSpec:
     return BenchmarkSpec(
         name=name, reader=read, categories=lambda: metadata().ovss_query_names(name),
         eval_categories=lambda: metadata().ovss_class_names(name), palette=colours, splits=("val",),
-        protocol="ovss", description=description,
+        protocol="ovss", description=description, layout=layout,
     )
 
 
 # With background first, then without (the order of the open-vocabulary results table).
 _SPECS += (
-    _ovss("voc21", "PASCAL VOC 2012 val, 20 classes + background"),
-    _ovss("context60", "PASCAL Context val, 59 classes + background"),
-    _ovss("coco_object", "COCO-Object val2017, 80 things + background"),
-    _ovss("voc20", "PASCAL VOC 2012 val, 20 classes, background ignored"),
-    _ovss("context59", "PASCAL Context val, 59 classes, background ignored"),
-    _ovss("coco_stuff171", "COCO-Stuff-164k val2017, 171 classes"),
-    _ovss("cityscapes19", "Cityscapes val, 19 train ids"),
-    _ovss("ade20k150", "ADE20K val, 150 classes"),
+    _ovss("voc21", "PASCAL VOC 2012 val, 20 classes + background", OvssLayout(**VOC2012)),
+    _ovss("context60", "PASCAL Context val, 59 classes + background", OvssLayout(**VOC2010_CONTEXT)),
+    _ovss("coco_object", "COCO-Object val2017, 80 things + background",
+          OvssLayout("coco_object (written by cvt_coco_object.py)", "images/val2017", "annotations/val2017", ".jpg",
+                     "_instanceTrainIds.png")),
+    _ovss("voc20", "PASCAL VOC 2012 val, 20 classes, background ignored",
+          OvssLayout(**VOC2012, reduce_zero_label=True)),
+    _ovss("context59", "PASCAL Context val, 59 classes, background ignored",
+          OvssLayout(**VOC2010_CONTEXT, reduce_zero_label=True)),
+    _ovss("coco_stuff171", "COCO-Stuff-164k val2017, 171 classes",
+          OvssLayout("coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg", "_labelTrainIds.png")),
+    _ovss("cityscapes19", "Cityscapes val, 19 train ids",
+          OvssLayout("cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelTrainIds.png",
+                     nested=True)),
+    _ovss("ade20k150", "ADE20K val, 150 classes",
+          OvssLayout("ADEChallengeData2016", "images/validation", "annotations/validation", ".jpg", ".png",
+                     reduce_zero_label=True)),
 )
 
 BENCHMARKS: Registry[BenchmarkSpec] = Registry("benchmark", "dataset_name")

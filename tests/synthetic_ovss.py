@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from datasets.metadata import ovss_classes
-from datasets.ovss import IGNORE_VALUE, OVSS_LAYOUTS
+from datasets.ovss import IGNORE_VALUE, ovss_layout
 from synthetic import SCENE_CLASSES, SyntheticSplit, _save, _write_lines, draw_scene, render
 
 _CONTEXT = {"road": "road", "building": "building", "vegetation": "tree", "sky": "sky", "car": "car"}
@@ -35,7 +35,7 @@ DEFAULT_SIZES = ((96, 128), (104, 136))
 
 def label_values(dataset_name: str) -> tuple[np.ndarray, np.ndarray]:
     """(raw label value, expected class index) of each scene class, then of the ignored patch (last)."""
-    layout = OVSS_LAYOUTS[dataset_name]
+    layout = ovss_layout(dataset_name)
     names = [c.name for c in ovss_classes(dataset_name)]
     shift = 1 if layout.reduce_zero_label else 0
     raw, expected = [], []
@@ -49,7 +49,7 @@ def label_values(dataset_name: str) -> tuple[np.ndarray, np.ndarray]:
 def write_ovss(dataset_name: str, root: str | Path, sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
                seed: int = 0) -> SyntheticSplit:
     """One image per entry of `sizes`, in the benchmark's layout under `root`; labels are expected classes."""
-    layout = OVSS_LAYOUTS[dataset_name]
+    layout = ovss_layout(dataset_name)
     root, rng = Path(root), np.random.default_rng(seed)
     raw_lut, expected_lut = label_values(dataset_name)
     out = SyntheticSplit(root, "val", classes=[c.name for c in ovss_classes(dataset_name)])

@@ -6,7 +6,7 @@ from PIL import Image
 
 from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark
-from datasets.ovss import OVSS_LAYOUTS, labels_to_classes
+from datasets.ovss import labels_to_classes, ovss_layout
 from synthetic_ovss import write_ovss
 
 N_CLASSES = {"voc21": 21, "context60": 60, "coco_object": 81, "voc20": 20, "context59": 59,
@@ -105,4 +105,7 @@ def test_label_values_beyond_the_class_list_name_both_files(tmp_path):
 
 
 def test_layouts_cover_every_benchmark():
-    assert set(OVSS_LAYOUTS) == set(N_CLASSES)
+    for name in N_CLASSES:
+        assert ovss_layout(name).image_dir
+    with pytest.raises(ValueError, match="unknown open-vocabulary benchmark 'cityscapes'"):
+        ovss_layout("cityscapes")
