@@ -7,25 +7,24 @@ k images are retrieved per category, co-segmented into reference embeddings, the
 (panels, results.json, CRF), pseudo-masks are written for the train split, and the own images are
 segmented with their own class names.
 
-No weights are needed: the CLIP, DenseCLIP and dense encoder are swapped for hand-made colour-coded
-models (demo/colour_models.py) whose right answer is known. A word's text embedding is its colour, so
+No weights are needed: the config names hand-made colour-coded models (demo/colour_models.py) whose
+right answer is known, registered as architectures while the demo runs (demo/registry.py), so the
+stages build them as they build any registered CLIP or encoder. A word's text embedding is its colour, so
 retrieval must find the images of that colour and inference must label each region by its colour: the
 mIoU printed at the end must be close to 1, and a pipeline that merely runs cannot reach it.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import yaml
 from PIL import Image
 
-import networks
 from datasets import metadata
-from demo.colour_models import ColourCLIP, ColourDenseCLIP, ColourEncoder, ColourTokenizer
+from demo.registry import CLIP_ARCH, DENSE_CLIP_ARCH, ENCODER_ARCH, colour_model_entries
 from demo.world import SCENE_CLASSES, colour_world, write_cityscapes, write_imagenet, write_photos
 from utils import timing
 from utils.config import ConfigError, load_reco_config
@@ -39,13 +38,13 @@ MIOU_EXPECTED = 0.9  # the colour-coded models segment the scenes almost perfect
 
 
 def demo_config(out_dir: Path, device: str = "cpu") -> dict[str, Any]:
-    """The config of the demo run (written to OUT/demo_config.yaml). Its architectures are the tiny test
-    ones; the demo swaps in the colour-coded models, so run it through --demo, not --config."""
+    """The config of the demo run (written to OUT/demo_config.yaml). Its architectures are the colour-coded
+    ones, registered only while --demo runs, so run it through --demo, not --config."""
     world = out_dir / "world"
     return {
         "dir_ckpt": str(out_dir / "ckpt"), "dir_dataset": str(world / "cityscapes"),
         "dir_imagenet": str(world / "ImageNet2012"), "dataset_name": "cityscapes",
-        "clip_arch": "tiny-vit-clip", "dense_clip_arch": "tiny-rn-clip", "encoder_arch": "tiny-vit",
+        "clip_arch": CLIP_ARCH, "dense_clip_arch": DENSE_CLIP_ARCH, "encoder_arch": ENCODER_ARCH,
         "weights": {"clip": "random", "dense_clip": "random", "encoder": "random"},
         "n_imgs": 3, "batch_size": 2, "n_workers": 0, "n_visualisations": 2, "device": device,
         "crf_workers": 1, "index_batch_size": 32, "index_shard_size": 256,
@@ -68,26 +67,6 @@ def write_world(out_dir: Path, words: list[str]) -> tuple[dict[str, int], list, 
     return vocabulary, colours, expected
 
 
-@contextlib.contextmanager
-def colour_models(vocabulary: dict[str, int], colours: list) -> Iterator[None]:
-    """Within the block, every CLIP, DenseCLIP and dense encoder the stages build is colour-coded."""
-    import entry.reco_common as common
-
-    def build_clip(arch, weights, device="cpu", precision="fp32", key="weights.clip"):
-        return ColourCLIP(colours).to(device), ColourTokenizer(vocabulary, len(colours))
-
-    def build_encoder(arch, weights, key="weights.encoder", device="cpu"):
-        return ColourEncoder(colours).to(device)
-
-    saved = (networks.build_clip, networks.build_encoder, common.DenseCLIP)
-    networks.build_clip, networks.build_encoder = build_clip, build_encoder
-    common.DenseCLIP = lambda clip_model: ColourDenseCLIP(colours)
-    try:
-        yield
-    finally:
-        networks.build_clip, networks.build_encoder, common.DenseCLIP = saved
-
-
 def run_demo(out: Optional[str] = None, device: Optional[str] = None) -> dict[str, Any]:
     """Write the world into `out` (default ./reco_demo), run every stage on it (on `device`, default the
     CPU), print where things are."""
@@ -101,8 +80,8 @@ def run_demo(out: Optional[str] = None, device: Optional[str] = None) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER).write_text("written by python main_reco.py --demo\n")
     config_path = out_dir / "demo_config.yaml"
-    config_path.write_text("# The config of `python main_reco.py --demo` (run it through --demo: the demo swaps in\n"
-                           "# colour-coded models for the tiny architectures named here).\n"
+    config_path.write_text("# The config of `python main_reco.py --demo` (run it through --demo: the colour-coded\n"
+                           "# architectures named here are registered only while the demo runs).\n"
                            + yaml.safe_dump(demo_config(out_dir, device or "cpu"), sort_keys=False))
     config = load_reco_config(config_path)
     words = metadata.categories("cityscapes") + list(config.context_categories) + OWN_CLASSES
@@ -110,7 +89,7 @@ def run_demo(out: Optional[str] = None, device: Optional[str] = None) -> dict[st
     logger.info("demo: synthetic world written to %s", out_dir / "world")
 
     own_dir = out_dir / "own_images"
-    with colour_models(vocabulary, colours):
+    with colour_model_entries(vocabulary, colours):
         _timed(run_index_stage, config)
         val = _timed(run_benchmark, config, split="val")
         train = _timed(run_benchmark, config, split="train")

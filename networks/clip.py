@@ -60,6 +60,10 @@ def build_clip(
         return freeze(model), _tokenizer_of(spec, key, folder=folder)
     kind, value = resolve_weights(weights, key, spec.weights, spec.tags)
 
+    if spec.factory is not None:
+        _only_random(kind, key, spec.name)
+        model, tokenizer = spec.factory()
+        return freeze(model.to(device)), tokenizer
     if kind == "random":
         if spec.tiny_config is None:
             logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
@@ -74,6 +78,11 @@ def build_clip(
         load_strict(model, load_state_dict_file(value, key), key, value, ignore=_OPENAI_EXTRA_KEYS)
         model = _finalise(model, device, precision)
     return freeze(model), _tokenizer_of(spec, key)
+
+
+def _only_random(kind: str, key: str, arch: str) -> None:
+    if kind != "random":
+        raise ConfigError(f"{key}: {arch} is built by its registry entry and takes no weights; set {key}: random")
 
 
 def clip_image_size(clip_model: nn.Module) -> int:
@@ -125,6 +134,12 @@ class DenseCLIP(nn.Module):
     """
 
     stride = 32
+
+    def __new__(cls, clip_model: nn.Module) -> nn.Module:
+        # A CLIP built by a registry factory (networks.clip_registry.ClipSpec.factory) may bring its own
+        # dense form; it is used as-is (then __init__ does not run: it is not a DenseCLIP instance).
+        own = getattr(clip_model, "dense_clip", None)
+        return own if isinstance(own, nn.Module) else super().__new__(cls)
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()

@@ -7,7 +7,7 @@ qualifies. DenseCLIP / text-attention CLIPs (`dense_clip_arch`) must have a Modi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from utils.normalisation import CLIP_MEAN, CLIP_STD
 from utils.registry import Registry
@@ -33,6 +33,9 @@ class ClipSpec:
     hf_tokenizer: the text tower needs a Hugging Face tokenizer (package `transformers`, tokenizer files
         from a local model folder or the hub) instead of OpenAI's bundled BPE.
     tiny_config: CLIP constructor arguments of a test architecture (no open_clip config).
+    factory: a zero-argument callable returning (model, tokenizer) for a CLIP that is neither an open_clip
+        model nor a tiny test one (e.g. the demo's colour-coded CLIP); only 'random' weights are accepted.
+        A model that brings its own dense form sets the attribute `dense_clip` (used by DenseCLIP).
     """
 
     name: str
@@ -48,11 +51,12 @@ class ClipSpec:
     hf_tokenizer: bool = False
     index_resize: str = "crop"
     tiny_config: Optional[Mapping[str, Any]] = field(default=None, compare=False)
+    factory: Optional[Callable[[], tuple[Any, Callable[[list[str]], Any]]]] = field(default=None, compare=False)
 
     @property
     def weights(self) -> str:
         """What `weights.clip` / `weights.dense_clip` should be, for errors and the README."""
-        if self.tiny_config is not None:
+        if self.tiny_config is not None or self.factory is not None:
             return f"'random' for the test architecture '{self.name}' (or a checkpoint file made from it)"
         if self.openai_file is not None:
             return f"the OpenAI CLIP checkpoint {self.openai_file} or a state-dict file"

@@ -36,7 +36,10 @@ class EncoderSpec:
 
     name: the config's `encoder_arch`.
     architecture: a timm model name (created with pretrained=False and `timm_kwargs`), or a zero-argument
-        callable returning the module (test architectures).
+        callable returning the ViT (test architectures), wrapped by networks.encoders.DenseViT.
+    factory: a zero-argument callable returning the finished dense encoder ((B, 3, H, W) -> (B, embed_dim,
+        H/patch_size, W/patch_size), e.g. the demo's colour-coded one), used as-is instead of `architecture`
+        (which then only documents it); only 'random' weights are accepted.
     patch_size, embed_dim: the feature stride and channel count of the dense output (checked at build).
     num_prefix_tokens: class + distillation + register tokens in front of the patch tokens.
     num_registers: how many of those are register tokens.
@@ -67,6 +70,7 @@ class EncoderSpec:
     convert_checkpoint: Optional[Callable[[dict, nn.Module], dict]] = None
     test_only: bool = False
     release_file: Optional[str] = None
+    factory: Optional[Callable[[], nn.Module]] = None
 
     def __post_init__(self) -> None:
         if self.pos_embed not in POS_EMBED_RULES:

@@ -158,6 +158,10 @@ def build_encoder(
     """
     spec = get_encoder(arch)
     kind, value = resolve_weights(weights, key, spec.weights, spec.tags)  # before building: fail fast
+    if spec.factory is not None:
+        if kind != "random":
+            raise ConfigError(f"{key}: {arch} is built by its registry entry and takes no weights; set {key}: random")
+        return freeze(spec.factory()).to(device)
     if kind == "tag":
         vit = _from_tag(spec, str(value), key)
     else:

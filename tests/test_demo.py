@@ -15,8 +15,8 @@ def test_demo_reaches_the_known_answer_and_says_where_things_are(tmp_path, capsy
     from utils.config import load_reco_config
 
     config = load_reco_config(out / "demo_config.yaml")
-    run_dir = run_dir_of(config, "val")  # the tiny models are not the paper's setting: a hashed name
-    assert run_dir.parent.name.startswith("tiny_vit_in_train_ce_ta_") and run_dir.name == "k003"
+    run_dir = run_dir_of(config, "val")  # the colour-coded models are not the paper's setting: a hashed name
+    assert run_dir.parent.name.startswith("demo_colour_encoder_in_train_ce_ta_") and run_dir.name == "k003"
     results = json.loads((run_dir / "results.json").read_text())
     results_crf = json.loads((run_dir / "results_crf.json").read_text())
     assert results["Mean IoU"] >= 0.9 and results_crf["Mean IoU"] >= 0.9, (results, results_crf)
@@ -42,17 +42,31 @@ def test_demo_reaches_the_known_answer_and_says_where_things_are(tmp_path, capsy
     assert "--out:" in capsys.readouterr().err and (foreign / "thesis.tex").read_text() == "precious"
 
 
-def test_demo_leaves_the_real_models_in_place(tmp_path):
-    import entry.reco_common as common
-    import networks
-    from entry.reco_demo import colour_models
+def test_demo_models_are_registry_entries_only_while_it_runs(tmp_path):
+    import torch
 
-    before = (networks.build_clip, networks.build_encoder, common.DenseCLIP)
+    import networks
+    from demo.registry import CLIP_ARCH, DENSE_CLIP_ARCH, ENCODER_ARCH, colour_model_entries
+    from networks.clip import DenseCLIP
+    from networks.clip_registry import clip_names
+    from networks.encoder_registry import encoder_names
+
     with pytest.raises(RuntimeError):
-        with colour_models({"sky": 0}, [(0, 0, 255)]):
-            assert networks.build_clip is not before[0]
+        with colour_model_entries({"sky": 0}, [(0, 0, 255)]):
+            assert CLIP_ARCH in clip_names() and DENSE_CLIP_ARCH in clip_names(dense=True)
+            clip_model, tokenizer = networks.build_clip(DENSE_CLIP_ARCH, "random")
+            text = clip_model.encode_text(tokenizer(["a photo of a sky."]))
+            assert text.argmax().item() == 0  # the word's colour
+            dense = DenseCLIP(clip_model)  # the colour-coded CLIP brings its own dense form
+            assert dense(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 2, 2)
+            encoder = networks.build_encoder(ENCODER_ARCH, "random")
+            assert encoder.patch_size == 8 and encoder.embed_dim == 2
+            checkpoint = tmp_path / "encoder.pth"
+            checkpoint.write_bytes(b"")
+            with pytest.raises(ValueError, match="takes no weights"):
+                networks.build_encoder(ENCODER_ARCH, str(checkpoint))
             raise RuntimeError("a failing stage")
-    assert (networks.build_clip, networks.build_encoder, common.DenseCLIP) == before
+    assert CLIP_ARCH not in clip_names() and DENSE_CLIP_ARCH not in clip_names() and ENCODER_ARCH not in encoder_names()
 
 
 def test_demo_takes_no_config(capsys):
