@@ -40,11 +40,6 @@ def _value(source: Union[str, Callable[[], Any]]) -> Any:
     return _load(source) if isinstance(source, str) else source()
 
 
-def _check_name(dataset_name: str) -> str:
-    get_benchmark(dataset_name)  # ValueError listing the known names
-    return dataset_name
-
-
 def categories(dataset_name: str) -> list[str]:
     """Prediction category names in index order (cityscapes 27, coco_stuff 171 fine, kitti_step 19).
 

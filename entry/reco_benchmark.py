@@ -4,18 +4,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from datasets import metadata
-from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
+from datasets.benchmarks import build_benchmark
 from datasets.registry import benchmark_names, get_benchmark
+from entry.evaluation_loop import readable_batches, write_scores
 from entry.preflight import check_run_inputs
 from entry.reco_common import (InferenceModels, build_dense_clip, build_encoder, check_index_size, compute_references,
                                 inference_models)
@@ -28,7 +28,7 @@ from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
-from utils.io import atomic_write, safe_load_pickle, save_json, save_pickle, save_png
+from utils.io import safe_load_pickle, save_json, save_pickle, save_png
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_cosegmentation, save_panels
 
@@ -188,32 +188,6 @@ def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Pat
     return references
 
 
-class _SkipUnreadable(Dataset):
-    """Wraps a benchmark so an unreadable image becomes a counted, logged skip instead of a crash."""
-
-    def __init__(self, dataset: Dataset, fatal: tuple[type[Exception], ...] = ()) -> None:
-        self.dataset = dataset
-        self.fatal = fatal  # errors that stop the run instead (a dataset broken as a whole)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        try:
-            return self.dataset[index]
-        except self.fatal:
-            raise
-        except (OSError, ValueError) as e:
-            return {"error": f"{self.dataset.image_paths[index]}: {e}"}
-
-
-def _collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    good = [item for item in items if "error" not in item]
-    batch = collate(good) if good else {"image": None}
-    batch["errors"] = [item["error"] for item in items if "error" in item]
-    return batch
-
-
 @torch.no_grad()
 def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path, device: torch.device,
              models: InferenceModels, crf: CrfSettings, resume: bool = True) -> dict[str, Any]:
@@ -226,20 +200,11 @@ def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path,
     lut = None if lut is None else torch.as_tensor(lut, device=device)
     n_classes, palette = len(metadata.eval_categories(name)), metadata.palette(name)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
-    loader = DataLoader(
-        _SkipUnreadable(dataset), num_workers=config.n_workers, pin_memory=device.type == "cuda",
-        collate_fn=_collate_readable,
-        batch_sampler=size_grouped_batches(dataset.image_sizes(), config.batch_size),
-    )
     save_masks = split == "train"
     skipped: list[str] = []
     resumed = 0
-    for i, batch in enumerate(_timed_loading(tqdm(loader, desc=f"ReCo {name} {split}", unit="batch"))):
-        skipped += batch["errors"]
-        for error in batch["errors"]:
-            logger.warning("skipped unreadable image %s", error)
-        if batch["image"] is None:
-            continue
+    for i, batch in readable_batches(dataset, batch_size=config.batch_size, n_workers=config.n_workers,
+                                     device=device, desc=f"ReCo {name} {split}", skipped=skipped):
         labels = batch["label"]
         saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks and resume else None
         if saved is not None:  # written by an earlier, interrupted run: score them, skip the models
@@ -262,29 +227,12 @@ def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path,
     class_names = metadata.eval_categories(name)
     results = named_scores(scores.scores(), class_names)
     results_crf = named_scores(scores_crf.scores(), class_names)
-    with timing.stage("writing"):
-        save_json(run_dir / "results.json", results)
-        save_json(run_dir / "results_crf.json", results_crf)
+    write_scores(run_dir, results, results_crf, skipped)
     if resumed:
         logger.info("%d pseudo-masks were already written by an earlier run and were reused", resumed)
-    if skipped:
-        with atomic_write(run_dir / "skipped_images.txt", "w") as f:
-            f.write("\n".join(skipped) + "\n")
-        logger.warning("%d unreadable images skipped, listed in %s", len(skipped), run_dir / "skipped_images.txt")
     logger.info("mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", results["Mean IoU"],
                 results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
-
-
-def _timed_loading(batches: Iterable) -> Iterator:
-    """The loader's batches; the time spent waiting for each is the 'data loading' stage."""
-    iterator = iter(batches)
-    while True:
-        with timing.stage("data loading"):
-            batch = next(iterator, None)
-        if batch is None:
-            return
-        yield batch
 
 
 def _predict_batch(images: torch.Tensor, *, models: InferenceModels, crf: CrfSettings, device: torch.device,

@@ -21,15 +21,14 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
 from datasets import metadata
-from datasets.benchmarks import AnnotationMismatchError, build_benchmark, size_grouped_batches
+from datasets.benchmarks import AnnotationMismatchError, build_benchmark
 from entry.reference_setting import run_setting
 from entry.preflight import check_run_inputs
-from entry.reco_benchmark import (_collate_readable, _SkipUnreadable, _timed_loading, cosegmentation_visualiser,
-                                  run_dir_of)
+from entry.evaluation_loop import readable_batches, write_scores
+from entry.reco_benchmark import cosegmentation_visualiser, run_dir_of
 from entry.reco_common import InferenceModels, build_dense_clip, build_encoder, compute_references, inference_models
 from reco.ovss import benchmark_queries, ovss_class_scores, query_list
 from reco.references import stack_references
@@ -38,7 +37,7 @@ from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
-from utils.io import atomic_write, save_json
+from utils.io import save_json
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_panels
 
@@ -128,19 +127,10 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
     n_classes = len(protocol.class_names)
     palette = metadata.palette(config.dataset_name)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
-    loader = DataLoader(
-        _SkipUnreadable(dataset, fatal=(AnnotationMismatchError,)), num_workers=config.n_workers,
-        pin_memory=device.type == "cuda", collate_fn=_collate_readable,
-        batch_sampler=size_grouped_batches(dataset.image_sizes(), config.batch_size),
-    )
-
     skipped: list[str] = []
-    for i, batch in enumerate(_timed_loading(tqdm(loader, desc=f"ReCo {config.dataset_name}", unit="batch"))):
-        skipped += batch["errors"]
-        for error in batch["errors"]:
-            logger.warning("skipped unreadable image %s", error)
-        if batch["image"] is None:
-            continue
+    for i, batch in readable_batches(dataset, batch_size=config.batch_size, n_workers=config.n_workers,
+                                     device=device, desc=f"ReCo {config.dataset_name}", skipped=skipped,
+                                     fatal=(AnnotationMismatchError,)):
         with timing.stage("inference"):
             images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
             full_size = tuple(images.shape[-2:])
@@ -167,13 +157,7 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
 
     results = named_scores(scores.scores(), protocol.class_names)
     results_crf = named_scores(scores_crf.scores(), protocol.class_names)
-    with timing.stage("writing"):
-        save_json(run_dir / "results.json", results)
-        save_json(run_dir / "results_crf.json", results_crf)
-    if skipped:
-        with atomic_write(run_dir / "skipped_images.txt", "w") as f:
-            f.write("\n".join(skipped) + "\n")
-        logger.warning("%d unreadable images skipped, listed in %s", len(skipped), run_dir / "skipped_images.txt")
+    write_scores(run_dir, results, results_crf, skipped)
     logger.info("%s: mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", config.dataset_name,
                 results["Mean IoU"], results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
