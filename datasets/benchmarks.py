@@ -79,6 +79,15 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     return height, width
 
 
+def _size_or(path: str | os.PathLike, unreadable: Optional[tuple[int, int]]) -> tuple[int, int]:
+    try:
+        return read_image_size(path)
+    except UnreadableImageError:
+        if unreadable is None:
+            raise
+        return unreadable
+
+
 class BenchmarkDataset(Dataset):
     """Base class: subclasses fill the three lists and implement `load_label` (full-resolution ids).
 
@@ -121,11 +130,15 @@ class BenchmarkDataset(Dataset):
             image_t, label_t = full_resolution_image_transform(image), torch.from_numpy(label.astype(np.int64))
         return {"image": image_t, "label": label_t, "name": self.names[index], "image_path": str(image_path)}
 
-    def image_sizes(self) -> list[tuple[int, int]]:
-        """(H, W) of each item's image as returned; full-resolution datasets read image headers only."""
+    def image_sizes(self, unreadable: Optional[tuple[int, int]] = None) -> list[tuple[int, int]]:
+        """(H, W) of each item's image as returned; full-resolution datasets read image headers only.
+
+        An image whose header cannot be read raises UnreadableImageError, or, with `unreadable` given,
+        gets that size (so a caller that skips unreadable items can still group the others by size).
+        """
         if self.resize:
             return [(EVAL_SIZE, EVAL_SIZE)] * len(self)
-        return [read_image_size(p) for p in self.image_paths]
+        return [_size_or(p, unreadable) for p in self.image_paths]
 
 
 def size_grouped_batches(dataset_sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:

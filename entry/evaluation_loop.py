@@ -53,7 +53,7 @@ def readable_batches(dataset: Dataset, *, batch_size: int, n_workers: int, devic
     """
     loader = DataLoader(SkipUnreadable(dataset, fatal), num_workers=n_workers, pin_memory=device.type == "cuda",
                         collate_fn=collate_readable,
-                        batch_sampler=size_grouped_batches(dataset.image_sizes(), batch_size))
+                        batch_sampler=size_grouped_batches(dataset.image_sizes(unreadable=(0, 0)), batch_size))
     iterator = iter(tqdm(loader, desc=desc, unit="batch"))
     i = 0
     while True:
