@@ -20,7 +20,8 @@ def test_corrupt_image_is_skipped_and_listed(tmp_path, dataset_name):
     written = WRITERS[dataset_name](tmp_path / dataset_name, "val")
     corrupt = written.pairs[0][0]
     corrupt.write_bytes(b"not an image at all")
-    config = reco_config(tmp_path, n_imgs=2, dataset_name=dataset_name, dir_dataset=str(tmp_path / dataset_name))
+    config = reco_config(tmp_path, n_imgs=2, dataset_name=dataset_name, dir_dataset=str(tmp_path / dataset_name),
+                         crf=False, n_visualisations=0)
 
     assert main_reco.main(["--config", str(config)]) == 0
 
