@@ -87,10 +87,10 @@ def _references_to_compute(config: RecoConfig, categories: Optional[Sequence[str
     """True unless every needed reference embedding is in the per-category cache (or aliased to a context)."""
     if categories is None:
         return True
-    from entry.reco_common import FileReferenceCache, _cached_or_aliased, reference_cache_root
+    from entry.reference_cache import FileReferenceCache, cached_or_aliased, reference_cache_root
     from entry.reference_setting import used_contexts
 
     contexts = used_contexts(config)
     cache = FileReferenceCache(reference_cache_root(config), config)
     names = list(dict.fromkeys(contexts + list(categories)))
-    return not all(_cached_or_aliased(name, cache, contexts, config) for name in names)
+    return not all(cached_or_aliased(name, cache, contexts, config) for name in names)

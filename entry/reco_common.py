@@ -1,7 +1,6 @@
 """Config -> models and reference embeddings, shared by the ReCo stages (entry-side: reads the config)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 import logging
@@ -17,15 +16,14 @@ import networks
 from datasets import imagenet
 from entry.collection import collection_of
 from networks.clip import DenseCLIP
-from entry.reference_setting import category_setting, setting_differences, setting_hash, used_contexts
+from entry.reference_cache import FileReferenceCache, cached_or_aliased, reference_cache_root
+from entry.reference_setting import used_contexts
 from reco.inference import predict
-from reco.references import ReferenceCache, compute_reference_embeddings
+from reco.references import compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
 from utils import timing
 from utils.config import ConfigError, RecoConfig
-from utils.io import torch_save
-from utils.naming import slug
 
 logger = logging.getLogger("reco")
 
@@ -125,58 +123,6 @@ def build_dense_clip(config: RecoConfig, device: torch.device) -> Optional[Dense
     return DenseClipModels(load)
 
 
-class FileReferenceCache(ReferenceCache):
-    """One small file per category and setting: {root}/{setting slug}_{setting hash}/{category}__{contexts hash}.pt.
-
-    Each file holds the category's name, the contexts it eliminated and the full `category_setting`
-    record it was computed with; an entry whose record does not match the current setting is recomputed.
-    """
-
-    def __init__(self, root: Path, config: RecoConfig) -> None:
-        self.setting = category_setting(config)
-        readable = "_".join([
-            slug(config.encoder_arch), "retrieval", slug(config.clip_arch), config.retrieval_tag,
-            f"k{config.n_imgs}",
-        ] + ([f"ta_{slug(config.dense_clip_arch)}"] if config.text_attention else [])
-          + (["slicebug"] if config.reproduce_seed_slice_bug else []))
-        self.directory = Path(root) / f"{readable}_{setting_hash(self.setting)}"
-        self._loaded: dict[Path, Optional[torch.Tensor]] = {}  # each file is read at most once per run
-
-    def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
-        digest = hashlib.sha1("\n".join(contexts).encode()).hexdigest()[:10] if contexts else "none"
-        name_digest = hashlib.sha1(name.encode()).hexdigest()[:6]  # distinct names never share a file
-        return self.directory / f"{slug(name)}_{name_digest}__ctx_{digest}.pt"
-
-    def get(self, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
-        path = self._path(name, contexts)
-        if path not in self._loaded:
-            self._loaded[path] = self._read(path, name, contexts)
-        return self._loaded[path]
-
-    def _read(self, path: Path, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
-        if not path.is_file():
-            return None
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            if entry["name"] != name or tuple(entry["contexts"]) != contexts:
-                return None
-            differences = setting_differences(entry.get("setting"), self.setting)
-            if differences:
-                logger.info("recomputing the reference of '%s': its cache %s was made with another setting (%s)",
-                            name, path, "; ".join(differences))
-                return None
-            return entry["reference"].float()
-        except Exception as e:  # a damaged cache entry is recomputed, never trusted
-            logger.warning("ignoring unreadable reference cache %s (%s)", path, e)
-        return None
-
-    def put(self, name: str, contexts: tuple[str, ...], reference: torch.Tensor) -> None:
-        path = self._path(name, contexts)
-        torch_save({"name": name, "contexts": list(contexts), "setting": self.setting,
-                    "reference": reference.detach().cpu()}, path)
-        self._loaded[path] = reference.detach().cpu().float()
-
-
 def compute_references(
     config: RecoConfig,
     categories: Sequence[str],
@@ -197,7 +143,7 @@ def compute_references(
     contexts = used_contexts(config)
     cache = FileReferenceCache(reference_cache_root(config), config)
     names = list(dict.fromkeys(contexts + list(categories)))
-    missing = [n for n in names if not _cached_or_aliased(n, cache, contexts, config)]
+    missing = [n for n in names if not cached_or_aliased(n, cache, contexts, config)]
     paths: dict[str, list[Path]] = {}
     if missing:
         with timing.stage("retrieval", log=True):
@@ -241,10 +187,6 @@ def _timed_per_category(items: Iterable) -> Iterator:
             timer.add_item("co-segmentation", str(item), seconds)
         if seconds > 0.05:  # cached categories take no time: only those co-segmented are logged
             logger.info("co-segmented %s in %.2f s", item, seconds)
-
-
-def reference_cache_root(config: RecoConfig) -> Path:
-    return Path(config.reference_cache_dir or Path(config.dir_ckpt) / "references")
 
 
 def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
@@ -327,11 +269,3 @@ def load_images(paths: Sequence[Path]) -> torch.Tensor:
 def index_exists(config: RecoConfig) -> bool:
     """True if the retrieval collection's index is built (or, for ImageNet, the authors' pickle is there)."""
     return collection_of(config).index_exists()
-
-
-def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:
-    if name in contexts:
-        return cache.get(name, tuple(contexts[:contexts.index(name)])) is not None
-    if config.reference_aliases.get(name) in contexts:
-        return True
-    return cache.get(name, tuple(contexts)) is not None

@@ -14,7 +14,7 @@ import main_reco
 import networks
 from colour_models import ColourEncoder, ColourFeatures
 from datasets import metadata
-from entry.reco_common import FileReferenceCache, reference_cache_root
+from entry.reference_cache import FileReferenceCache, reference_cache_root
 from entry.reco_ovss import ovss_run_dir
 from synthetic import CLASS_COLOURS, SCENE_CLASSES, write_imagenet
 from synthetic_ovss import write_ovss

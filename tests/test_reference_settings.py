@@ -15,7 +15,7 @@ import main_reco
 from datasets import metadata
 from entry import reference_setting
 from entry.reco_benchmark import reference_pickle_differences, reference_pickle_path, run_dir_of
-from entry.reco_common import FileReferenceCache
+from entry.reference_cache import FileReferenceCache
 from synthetic import write_cityscapes
 from test_end_to_end import colour_world, install_colour_models, reco_config, write_imagenet_of
 from utils.config import load_reco_config

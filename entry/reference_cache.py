@@ -1,0 +1,83 @@
+"""The per-category reference cache on disk: one small file per category and setting, shared by benchmark
+runs, open-vocabulary runs, own-image runs and the Python API."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from entry.reference_setting import category_setting, setting_differences, setting_hash
+from reco.references import ReferenceCache
+from utils.config import RecoConfig
+from utils.io import torch_save
+from utils.naming import slug
+
+logger = logging.getLogger("reco")
+
+
+class FileReferenceCache(ReferenceCache):
+    """One small file per category and setting: {root}/{setting slug}_{setting hash}/{category}__{contexts hash}.pt.
+
+    Each file holds the category's name, the contexts it eliminated and the full `category_setting`
+    record it was computed with; an entry whose record does not match the current setting is recomputed.
+    """
+
+    def __init__(self, root: Path, config: RecoConfig) -> None:
+        self.setting = category_setting(config)
+        readable = "_".join([
+            slug(config.encoder_arch), "retrieval", slug(config.clip_arch), config.retrieval_tag,
+            f"k{config.n_imgs}",
+        ] + ([f"ta_{slug(config.dense_clip_arch)}"] if config.text_attention else [])
+          + (["slicebug"] if config.reproduce_seed_slice_bug else []))
+        self.directory = Path(root) / f"{readable}_{setting_hash(self.setting)}"
+        self._loaded: dict[Path, Optional[torch.Tensor]] = {}  # each file is read at most once per run
+
+    def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
+        digest = hashlib.sha1("\n".join(contexts).encode()).hexdigest()[:10] if contexts else "none"
+        name_digest = hashlib.sha1(name.encode()).hexdigest()[:6]  # distinct names never share a file
+        return self.directory / f"{slug(name)}_{name_digest}__ctx_{digest}.pt"
+
+    def get(self, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
+        path = self._path(name, contexts)
+        if path not in self._loaded:
+            self._loaded[path] = self._read(path, name, contexts)
+        return self._loaded[path]
+
+    def _read(self, path: Path, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            if entry["name"] != name or tuple(entry["contexts"]) != contexts:
+                return None
+            differences = setting_differences(entry.get("setting"), self.setting)
+            if differences:
+                logger.info("recomputing the reference of '%s': its cache %s was made with another setting (%s)",
+                            name, path, "; ".join(differences))
+                return None
+            return entry["reference"].float()
+        except Exception as e:  # a damaged cache entry is recomputed, never trusted
+            logger.warning("ignoring unreadable reference cache %s (%s)", path, e)
+        return None
+
+    def put(self, name: str, contexts: tuple[str, ...], reference: torch.Tensor) -> None:
+        path = self._path(name, contexts)
+        torch_save({"name": name, "contexts": list(contexts), "setting": self.setting,
+                    "reference": reference.detach().cpu()}, path)
+        self._loaded[path] = reference.detach().cpu().float()
+
+
+def reference_cache_root(config: RecoConfig) -> Path:
+    return Path(config.reference_cache_dir or Path(config.dir_ckpt) / "references")
+
+
+def cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:
+    """True if `name` needs no retrieval: its reference is cached, or it reuses a context's (an alias)."""
+    if name in contexts:
+        return cache.get(name, tuple(contexts[:contexts.index(name)])) is not None
+    if config.reference_aliases.get(name) in contexts:
+        return True
+    return cache.get(name, tuple(contexts)) is not None
