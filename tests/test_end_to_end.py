@@ -38,6 +38,15 @@ def write_imagenet_of(root, colours, n_per_class=3):
     return wnids
 
 
+def colour_cityscapes(tmp_path, monkeypatch, split="val", n_images=2):
+    """The colour world of Cityscapes' categories and contexts: colour-coded models installed, and an
+    ImageNet-like collection and a Cityscapes split written under tmp_path. -> (vocabulary, written split)"""
+    vocabulary, colours = colour_world(metadata.categories("cityscapes") + ["tree", "person"])
+    install_colour_models(monkeypatch, vocabulary, colours)
+    write_imagenet_of(tmp_path / "ImageNet2012", colours)
+    return vocabulary, write_cityscapes(tmp_path / "cityscapes", split, n_images=n_images)
+
+
 def reco_config(tmp_path, **extra):
     config = {
         "dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(tmp_path / "cityscapes"),
@@ -70,10 +79,7 @@ def reference_pickle(config_path):
 
 def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
     categories = metadata.categories("cityscapes")
-    vocabulary, colours = colour_world(categories + ["tree", "person"])
-    install_colour_models(monkeypatch, vocabulary, colours)
-    write_imagenet_of(tmp_path / "ImageNet2012", colours)
-    write_cityscapes(tmp_path / "cityscapes", "val", n_images=3)
+    vocabulary, _ = colour_cityscapes(tmp_path, monkeypatch, n_images=3)
     config = reco_config(tmp_path)
 
     assert main_reco.main(["--config", str(config), "--stage", "index"]) == 0
@@ -114,11 +120,7 @@ def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
 
 
 def test_pseudo_masks_of_the_train_split(tmp_path, monkeypatch):
-    categories = metadata.categories("cityscapes")
-    vocabulary, colours = colour_world(categories + ["tree", "person"])
-    install_colour_models(monkeypatch, vocabulary, colours)
-    write_imagenet_of(tmp_path / "ImageNet2012", colours)
-    split = write_cityscapes(tmp_path / "cityscapes", "train", n_images=2)
+    _, split = colour_cityscapes(tmp_path, monkeypatch, "train")
     config = reco_config(tmp_path)
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0  # builds the index itself
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 import logging
 
 import main_reco
-from datasets import metadata
-from synthetic import write_cityscapes
-from test_end_to_end import colour_world, install_colour_models, reco_config, run_dir, write_imagenet_of
+from test_end_to_end import colour_cityscapes, reco_config, run_dir
 from utils.device import extra_log_file, setup_logging
 
 
@@ -27,11 +25,7 @@ def test_extra_log_file_is_added_then_removed(tmp_path):
 
 
 def test_benchmark_run_that_builds_its_index_logs_to_reco_log(tmp_path, monkeypatch):
-    categories = metadata.categories("cityscapes")
-    vocabulary, colours = colour_world(categories + ["tree", "person"])
-    install_colour_models(monkeypatch, vocabulary, colours)
-    write_imagenet_of(tmp_path / "ImageNet2012", colours)
-    write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
+    colour_cityscapes(tmp_path, monkeypatch)
     config = reco_config(tmp_path, crf=False, n_visualisations=0)
 
     assert main_reco.main(["--config", str(config)]) == 0  # no --stage index first: the run builds it
@@ -52,14 +46,10 @@ def test_dense_clip_not_loaded_when_the_reference_pickle_is_reused(tmp_path, mon
 
     import entry.reco_common as common
 
-    categories = metadata.categories("cityscapes")
-    vocabulary, colours = colour_world(categories + ["tree", "person"])
-    install_colour_models(monkeypatch, vocabulary, colours)
+    colour_cityscapes(tmp_path, monkeypatch)
     built = []
     colour_dense_clip = common.DenseCLIP
     monkeypatch.setattr(common, "DenseCLIP", lambda clip: built.append(1) or colour_dense_clip(clip))
-    write_imagenet_of(tmp_path / "ImageNet2012", colours)
-    write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
     config = reco_config(tmp_path, crf=False, n_visualisations=0, text_attention=True, dense_clip_inference=False)
 
     assert main_reco.main(["--config", str(config)]) == 0
