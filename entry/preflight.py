@@ -87,10 +87,8 @@ def _references_to_compute(config: RecoConfig, categories: Optional[Sequence[str
     """True unless every needed reference embedding is in the per-category cache (or aliased to a context)."""
     if categories is None:
         return True
-    from entry.reference_cache import FileReferenceCache, cached_or_aliased, reference_cache_root
+    from entry.reference_cache import FileReferenceCache, reference_cache_root, references_to_compute
     from entry.reference_setting import used_contexts
 
-    contexts = used_contexts(config)
-    cache = FileReferenceCache(reference_cache_root(config), config)
-    names = list(dict.fromkeys(contexts + list(categories)))
-    return not all(cached_or_aliased(name, cache, contexts, config) for name in names)
+    names = list(dict.fromkeys(used_contexts(config) + list(categories)))
+    return bool(references_to_compute(config, names, FileReferenceCache(reference_cache_root(config), config)))

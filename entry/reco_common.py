@@ -16,7 +16,7 @@ import networks
 from datasets import imagenet
 from entry.collection import collection_of
 from networks.clip import DenseCLIP
-from entry.reference_cache import FileReferenceCache, cached_or_aliased, reference_cache_root
+from entry.reference_cache import FileReferenceCache, reference_cache_root, references_to_compute
 from entry.reference_setting import used_contexts
 from reco.inference import predict
 from reco.references import compute_reference_embeddings
@@ -143,7 +143,7 @@ def compute_references(
     contexts = used_contexts(config)
     cache = FileReferenceCache(reference_cache_root(config), config)
     names = list(dict.fromkeys(contexts + list(categories)))
-    missing = [n for n in names if not cached_or_aliased(n, cache, contexts, config)]
+    missing = references_to_compute(config, names, cache)
     paths: dict[str, list[Path]] = {}
     if missing:
         with timing.stage("retrieval", log=True):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
-from entry.reference_setting import category_setting, setting_differences, setting_hash
+from entry.reference_setting import category_setting, setting_differences, setting_hash, used_contexts
 from reco.references import ReferenceCache
 from utils.config import RecoConfig
 from utils.io import torch_save
@@ -74,8 +74,14 @@ def reference_cache_root(config: RecoConfig) -> Path:
     return Path(config.reference_cache_dir or Path(config.dir_ckpt) / "references")
 
 
-def cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:
-    """True if `name` needs no retrieval: its reference is cached, or it reuses a context's (an alias)."""
+def references_to_compute(config: RecoConfig, names: Sequence[str], cache: FileReferenceCache) -> list[str]:
+    """The names among `names` whose reference must be computed: neither in the cache nor reusing a
+    context's reference (an alias). A context is looked up with the contexts before it eliminated."""
+    contexts = used_contexts(config)
+    return [name for name in names if not _cached_or_aliased(name, cache, contexts, config)]
+
+
+def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:
     if name in contexts:
         return cache.get(name, tuple(contexts[:contexts.index(name)])) is not None
     if config.reference_aliases.get(name) in contexts:
