@@ -222,3 +222,31 @@ def test_probability_mode_from_the_config():
     assert re.fullmatch(r"short336_whole_bgprob_s40_p0\.1_[0-9a-f]{6}", default), default
     with pytest.raises(ConfigError, match="'threshold', 'synonyms' or 'probability'"):
         ovss_protocol(RecoConfig(dir_ckpt="x", dataset_name="voc21"))
+
+
+def test_probability_mode_end_to_end(tmp_path, monkeypatch):
+    """VOC21 through main_reco.py with the peers' rule (SCLIP's VOC21 values) and the colour-coded models."""
+    import json
+
+    import main_reco
+    import networks
+    from colour_models import ColourEncoder
+    from datasets import metadata
+    from entry.reco_ovss import ovss_run_dir
+    from synthetic_ovss import write_ovss
+    from test_end_to_end import install_colour_models
+    from test_ovss_end_to_end import COLOURS, fill_reference_cache, ovss_config, vocabulary
+    from utils.config import load_reco_config
+
+    install_colour_models(monkeypatch, vocabulary(metadata.categories("voc21") + metadata.context_categories()),
+                          COLOURS)
+    monkeypatch.setattr(networks, "build_encoder", lambda arch, weights, key="": ColourEncoder(COLOURS, patch_size=4))
+    write_ovss("voc21", tmp_path / "voc21")
+    background = {"mode": "probability", "logit_scale": 65, "prob_thd": 0.1, "area_thd": 0.1}
+    config = ovss_config(tmp_path, "voc21", background=background, n_visualisations=0)
+    fill_reference_cache(config, metadata.categories("voc21"))
+    assert main_reco.main(["--config", str(config)]) == 0
+    out = ovss_run_dir(load_reco_config(config))
+    assert out.name.startswith("short96_slide48s24_bgprob_s65_p0.1_a0.1_")
+    results = json.loads((out / "results.json").read_text())
+    assert results["background"] >= 0.9 and results["car"] >= 0.8 and results["Mean IoU"] >= 0.9
