@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -49,8 +49,10 @@ def image_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def list_images(location: str | os.PathLike) -> list[Path]:
-    """[location] if it is a file; else the sorted image files under the folder `location` (recursively).
+def list_images(location: str | os.PathLike, exclude: Optional[str | os.PathLike] = None) -> list[Path]:
+    """[location] if it is a file; else the sorted image files under the folder `location` (recursively),
+    leaving out the folder `exclude` (the run's output folder, when it lies inside `location`) and the
+    hidden staging folders a run writes beside it.
 
     A missing path or a folder without images is a clear error.
     """
@@ -61,9 +63,22 @@ def list_images(location: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"--images: file or folder not found: {location}")
     extensions = image_extensions()
     paths = sorted(p for p in location.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if exclude is not None:
+        paths = [p for p in paths if not _is_output(p, Path(exclude))]
     if not paths:
         raise FileNotFoundError(f"--images: no images found in {location} (looked for {', '.join(sorted(extensions)[:8])}, ...)")
     return paths
+
+
+def _is_output(path: Path, out_dir: Path) -> bool:
+    """Whether `path` lies in `out_dir` or in one of its staging folders (`.{name}.partial-*` beside it)."""
+    out_dir = out_dir.absolute()
+    path = path.absolute()
+    if path.is_relative_to(out_dir):
+        return True
+    staging = f".{out_dir.name}.partial-"
+    return path.is_relative_to(out_dir.parent) and any(
+        part.startswith(staging) for part in path.relative_to(out_dir.parent).parts[:1])
 
 
 def output_stems(paths: list[Path], root: str | os.PathLike) -> list[str]:

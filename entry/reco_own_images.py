@@ -16,7 +16,8 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from datasets import images as own
-from reco_api.model import ReCo, check_categories
+from reco_api.class_names import check_segmentation_classes, split_class_names
+from reco_api.model import ReCo
 from entry.preflight import check_run_inputs
 from entry.reco_common import check_index_size
 from utils import timing
@@ -28,23 +29,37 @@ from utils.visualise import label_palette, save_legend
 logger = logging.getLogger("reco")
 
 
+# A --categories value without commas ending like this is a mistyped file name, not a class name
+CLASS_FILE_SUFFIXES = (".txt", ".csv", ".json", ".lst", ".list", ".yaml", ".yml")
+
+
 def parse_categories(argument: Optional[str], configured: Optional[list[str]]) -> list[str]:
-    """Class names from --categories ("a,b,c" or a text file, one per line) or the config's `categories`."""
+    """Class names from --categories (a text file, one per line; a JSON list; or "a, b, c") or the
+    config's `categories` (reco_api/class_names.py has the rules)."""
     if argument is not None:
         path = Path(argument)
         if path.is_file():
             lines = [line.strip() for line in path.read_text().splitlines()]
             names = [line for line in lines if line and not line.startswith("#")]
+            source = f"--categories {argument}"
+        elif "," not in argument and not argument.lstrip().startswith("[") and (
+                path.suffix.lower() in CLASS_FILE_SUFFIXES or "/" in argument):
+            raise ConfigError(f"--categories: file not found: {path.absolute()} (to name the classes instead, "
+                              'separate them with commas: "cat, grass, sky")')
         else:
-            names = [name.strip() for name in argument.split(",")]
+            source = "--categories"
+            try:
+                names = split_class_names(argument)
+            except ValueError as e:
+                raise ConfigError(f"--categories: {e}") from None
     elif configured:
-        names = [name.strip() for name in configured]
+        names, source = [name.strip() for name in configured], "categories"
     else:
         raise ConfigError("categories: give --categories \"cat,grass,sky\" (or a text file) or set `categories` in the config")
     try:
-        return check_categories(names)
+        return check_segmentation_classes(names)
     except ValueError as e:
-        raise ConfigError(f"categories: {e}") from None
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str], out: Optional[str],
@@ -56,7 +71,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
     categories = parse_categories(categories_arg, config.categories)
     check_run_inputs(config, stage="own_images", categories=categories)
     check_index_size(config)  # n_imgs against the index, before the models are loaded
-    paths = own.list_images(images)
+    paths = own.list_images(images, exclude=out)  # an OUT inside the images: its masks are not inputs
     stems = own.output_stems(paths, images)
     if Path(images).is_file():  # one named file that cannot be read is an error, not a skipped image
         single = own.load_image(images)
@@ -94,6 +109,9 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
                 summary["images"][stem] = result.fractions
             progress.update(len(paths[start:start + config.batch_size]))
         progress.close()
+        if not summary["images"]:  # leaves OUT as it was (the staged outputs are dropped)
+            raise ConfigError(f"--images: none of the {len(paths)} images could be read or segmented "
+                              f"(the first: {summary['skipped'][0]}; see the warnings above)")
         save_json(stage / "summary.json", summary)
         if summary["skipped"]:
             logger.warning("%d unreadable images skipped (listed in summary.json)", len(summary["skipped"]))
