@@ -26,6 +26,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 
+from utils.folder_swap import old_prefix, staging_prefix
 from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 MAX_IMAGE_PIXELS = 100_000_000  # e.g. 20,000 x 5,000; PIL's own guard refuses files above ~179M pixels
@@ -71,14 +72,14 @@ def list_images(location: str | os.PathLike, exclude: Optional[str | os.PathLike
 
 
 def _is_output(path: Path, out_dir: Path) -> bool:
-    """Whether `path` lies in `out_dir` or in one of its staging folders (`.{name}.partial-*` beside it)."""
+    """Whether `path` lies in `out_dir` or in a folder a run of it stages in (`.{name}.partial-*`, `.{name}.old-*`)."""
     out_dir = out_dir.absolute()
     path = path.absolute()
     if path.is_relative_to(out_dir):
         return True
-    staging = f".{out_dir.name}.partial-"
+    prefixes = (staging_prefix(out_dir), old_prefix(out_dir))
     return path.is_relative_to(out_dir.parent) and any(
-        part.startswith(staging) for part in path.relative_to(out_dir.parent).parts[:1])
+        part.startswith(prefixes) for part in path.relative_to(out_dir.parent).parts[:1])
 
 
 def output_stems(paths: list[Path], root: str | os.PathLike) -> list[str]:

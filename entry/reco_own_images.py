@@ -23,6 +23,8 @@ from entry.reco_common import check_index_size
 from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.device import setup_logging
+from utils.file_lock import FolderInUseError, folder_lock
+from utils.folder_swap import recover_folder, replace_folder, staging_prefix
 from utils.io import save_json, save_png
 from utils.visualise import label_palette, save_legend
 
@@ -121,46 +123,47 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
 
 @contextlib.contextmanager
 def staged_output(out_dir: Path) -> Iterator[Path]:
-    """A new folder beside `out_dir` to write into, moved onto `out_dir` only if the block succeeds.
+    """A new folder beside `out_dir` to write into, put in place of `out_dir` whole only if the block succeeds.
 
-    A failed or interrupted run leaves `out_dir` as it was: absent, or holding the previous run's
-    files (a successful run replaces those it writes again and appends to reco.log).
+    At every instant `out_dir` is the earlier run's folder or this run's (utils/folder_swap.py), never a
+    mix; a failed, interrupted or killed run leaves the earlier one. The earlier run's reco.log is kept at
+    the start of the new one. One run at a time writes an OUT (a lock `.{name}.lock` beside it while it runs); the next
+    run removes what a killed one left behind.
     """
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out: {out_dir} exists and is not a folder")
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    lock_name = f".{out_dir.name}.lock"
     try:
-        yield stage
-        _close_log_files_under(stage)
-        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes a private folder; give it the usual permissions
-        if not out_dir.exists():
-            os.replace(stage, out_dir)
-        else:
-            _merge_into(stage, out_dir)
+        with folder_lock(out_dir.parent, f"--out {out_dir}", lock_name=lock_name):
+            for done in recover_folder(out_dir):
+                logger.info("--out: %s", done)
+            stage = Path(tempfile.mkdtemp(prefix=staging_prefix(out_dir), dir=out_dir.parent))
+            try:
+                yield stage
+                _close_log_files_under(stage)
+                os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes a private folder; give it the usual permissions
+                _keep_log_history(out_dir, stage)
+                replace_folder(stage, out_dir)
+            except BaseException:
+                _close_log_files_under(stage)
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+    except FolderInUseError as e:
+        raise ConfigError(str(e)) from None
     except BaseException:
-        _close_log_files_under(stage)
-        shutil.rmtree(stage, ignore_errors=True)
         for folder in created:  # parents this run made for --out (innermost first)
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
 
 
-def _merge_into(stage: Path, out_dir: Path) -> None:
-    for path in sorted(stage.rglob("*")):
-        if path.is_dir():
-            continue
-        target = out_dir / path.relative_to(stage)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if path.name == "reco.log" and path.parent == stage and target.is_file():
-            with open(target, "ab") as f:
-                f.write(path.read_bytes())
-        else:
-            os.replace(path, target)
-    shutil.rmtree(stage)
+def _keep_log_history(out_dir: Path, stage: Path) -> None:
+    """The earlier run's reco.log first in the new one (the rest of the earlier OUT is replaced)."""
+    old_log, new_log = out_dir / "reco.log", stage / "reco.log"
+    if old_log.is_file() and new_log.is_file():
+        new_log.write_bytes(old_log.read_bytes() + new_log.read_bytes())
 
 
 def _close_log_files_under(folder: Path) -> None:

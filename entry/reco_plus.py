@@ -197,7 +197,7 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     with contextlib.ExitStack() as held:
         if is_main:  # one training per run directory: a second one would interleave metrics.jsonl
             try:
-                held.enter_context(folder_lock(run_dir, "the ReCo+ run directory"))
+                held.enter_context(folder_lock(run_dir, f"the ReCo+ run directory {run_dir}"))
             except FolderInUseError as e:
                 raise ConfigError(str(e)) from None
             setup_logging(run_dir / "train.log")
