@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from entry.reco_plus import evaluate_weights, train_run  # noqa: E402
 from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
+from entry.reco_plus_preflight import check_reco_plus_inputs  # noqa: E402
 from entry.validation import check_reco_plus_names  # noqa: E402
 from utils import timing  # noqa: E402
 from utils.config import load_reco_plus_config  # noqa: E402
@@ -49,6 +50,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def run(args: argparse.Namespace) -> None:
     check_device_argument(args.device)
     config = check_reco_plus_names(load_reco_plus_config(args.config, {"device": args.device}))
+    check_reco_plus_inputs(config, args.weights)  # every missing input in one message, before any work
     with timing.run() as timer:
         if args.weights is not None:
             evaluate_weights(config, args.weights)
