@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import Counter
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -56,7 +57,7 @@ def check_categories(categories: Union[str, Sequence[str]]) -> list[str]:
         raise ValueError("no class names given: name at least one class, e.g. ['cat', 'grass']")
     if any(not name for name in names):
         raise ValueError(f"empty class name in {names}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise ValueError(f"duplicate class names {duplicates}")
     if len(names) > MAX_CATEGORIES:
