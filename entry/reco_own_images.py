@@ -23,6 +23,7 @@ from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.device import setup_logging
 from utils.io import save_json, save_png
+from utils.progress import FirstFewWarnings
 from utils.visualise import label_palette, save_legend
 
 logger = logging.getLogger("reco")
@@ -72,6 +73,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
         save_legend(stage / "legend.png", categories, label_palette(len(categories)))
 
         summary: dict = {"categories": categories, "images": {}, "skipped": []}
+        skip_warnings = FirstFewWarnings(logger, listed_in="summary.json")
         progress = tqdm(total=len(paths), desc="segmenting images", unit="image")
         for start in range(0, len(paths), config.batch_size):
             loaded = []
@@ -80,7 +82,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
                     with timing.stage("data loading"):
                         loaded.append((stem, own.load_image(path, model.max_image_pixels)))
                 except (OSError, ValueError) as e:  # unreadable, or over the pixel limit
-                    logger.warning("skipped %s", e)
+                    skip_warnings.warn("skipped %s", e)
                     summary["skipped"].append(str(path))
             results = model.segment_batch([image for _, image in loaded], categories, crf=crf)
             for (stem, _), result in zip(loaded, results):
