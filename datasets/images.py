@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Union
 
@@ -87,13 +88,37 @@ def output_stems(paths: list[Path], root: str | os.PathLike) -> list[str]:
 
     `root` may be the single image file itself: its stem is then the file's name without extension.
     Two files differing only in extension ("a.jpg", "a.png") keep the extension in the name ("a_png").
+    A name that is still not unique ("a.jpg" and "a.JPG"; "a.png" beside "a_png.jpg") gets "_2", "_3", ...
+    after its first use, in the order of `paths`. Linear in the number of paths.
     """
     root = Path(root)
     if root.is_file():
         root = root.parent
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
-    counts = {s: stems.count(s) for s in stems}
-    return [s if counts[s] == 1 else f"{s}_{p.suffix.lstrip('.').lower()}" for s, p in zip(stems, paths)]
+    counts = Counter(stems)
+    names = [s if counts[s] == 1 else f"{s}_{p.suffix.lstrip('.').lower()}" for s, p in zip(stems, paths)]
+    return _numbered_repeats(names)
+
+
+def _numbered_repeats(names: list[str]) -> list[str]:
+    """names with every repeat after the first renamed "{name}_{n}" (n = 2, 3, ...), avoiding all names."""
+    taken = set(names)
+    if len(taken) == len(names):
+        return names
+    used: set[str] = set()
+    next_number: dict[str, int] = {}
+    unique = []
+    for name in names:
+        if name in used:
+            number = next_number.get(name, 2)
+            while f"{name}_{number}" in taken:
+                number += 1
+            next_number[name] = number + 1
+            name = f"{name}_{number}"
+            taken.add(name)
+        used.add(name)
+        unique.append(name)
+    return unique
 
 
 def check_pixels(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:

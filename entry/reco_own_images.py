@@ -26,6 +26,7 @@ from utils.device import setup_logging
 from utils.file_lock import FolderInUseError, folder_lock
 from utils.folder_swap import recover_folder, replace_folder, staging_prefix
 from utils.io import save_json, save_png
+from utils.progress import FirstFewWarnings
 from utils.visualise import label_palette, save_legend
 
 logger = logging.getLogger("reco")
@@ -90,6 +91,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
         save_legend(stage / "legend.png", categories, label_palette(len(categories)))
 
         summary: dict = {"categories": categories, "images": {}, "skipped": []}
+        skip_warnings = FirstFewWarnings(logger, listed_in="summary.json")
         progress = tqdm(total=len(paths), desc="segmenting images", unit="image")
         for start in range(0, len(paths), config.batch_size):
             loaded = []
@@ -101,7 +103,7 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
                         own.inference_size(image.width, image.height, config.image_short_side, model.max_inference_pixels)
                         loaded.append((stem, image))
                 except (OSError, ValueError) as e:  # unreadable, over the pixel limit, too thin
-                    logger.warning("skipped %s", e)
+                    skip_warnings.warn("skipped %s", e)
                     summary["skipped"].append(str(path))
             results = model.segment_batch([image for _, image in loaded], categories, crf=crf)
             for (stem, _), result in zip(loaded, results):
