@@ -13,6 +13,7 @@ from reco_api.settings import reference_settings
 from utils import timing
 from utils.config import RecoConfig
 from utils.crf import denormalise_image
+from utils.naming import file_name_part
 from utils.visualise import save_cosegmentation
 
 
@@ -33,13 +34,15 @@ def reference_pickle_path(config: RecoConfig) -> Path:
 
 
 def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, torch.Tensor], None]:
-    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps."""
+    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps
+    (a name that cannot be a file name as it is gets a safe one, utils.naming.file_name_part; the title
+    keeps the real name)."""
 
     def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
         with timing.stage("writing"):
             size = tuple(images.shape[-2:])
             maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            save_cosegmentation(run_dir / f"coseg_{name}.png", denormalise_image(images[:5].cpu()),
+            save_cosegmentation(run_dir / f"coseg_{file_name_part(name)}.png", denormalise_image(images[:5].cpu()),
                                 maps.cpu().numpy(), title=name)
 
     return visualise

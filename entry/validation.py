@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from utils.config import ConfigError, RecoConfig, RecoPlusConfig
+from utils.naming import file_name_problem
 
 
 def check_name(key: str, value: Optional[str], known: Iterable[str], allow_none: bool = False,
@@ -93,9 +94,23 @@ def _check(config: Any, rows: dict[str, _Row]) -> None:
 
 
 def check_reco_names(config: RecoConfig) -> RecoConfig:
-    """Every registry-backed key of a ReCo config names a registered entry; returns the config."""
+    """Every registry-backed key of a ReCo config names a registered entry, and `suffix` can be part of
+    a file name; returns the config."""
     _check(config, _RECO_KEYS)
+    check_suffix(config.suffix)
     return config
+
+
+SUFFIX_MAX_BYTES = 64
+
+
+def check_suffix(suffix: str) -> None:
+    """`suffix` (also --suffix) ends up in run-directory and reference-pickle names: it must not name
+    another folder ('../x') nor make a name longer than file systems allow."""
+    problem = file_name_problem(suffix, SUFFIX_MAX_BYTES)
+    if problem:
+        raise ConfigError(f"suffix (--suffix): {suffix!r} becomes part of run-directory and pickle names, but "
+                          f"{problem}; use letters, digits, '-' and '_'")
 
 
 def check_reco_plus_names(config: RecoPlusConfig) -> RecoPlusConfig:

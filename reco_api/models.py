@@ -10,10 +10,12 @@ import torch.nn as nn
 
 import networks
 from networks.clip import DenseCLIP
+from networks.text_tower import encode_text_truncated
 from reco.inference import predict
 from reco.text import text_embeddings
 from reco_api.settings import ModelSettings
 from utils import timing
+from utils.progress import counting_bar
 
 
 class DenseClipModels:
@@ -47,8 +49,15 @@ class DenseClipModels:
         new = [n for n in dict.fromkeys(names) if n not in self._embedded]
         if new:
             _, clip_model, tokenizer = self._loaded()
-            self._embedded.update(zip(new, text_embeddings(clip_model, tokenizer, new)))
+            self._embedded.update(zip(new, embed_prompts(clip_model, tokenizer, new, "DenseCLIP")))
         return torch.stack([self._embedded[n] for n in names])
+
+
+def embed_prompts(clip_model: nn.Module, tokenizer: Callable, names: Sequence[str], tower: str) -> torch.Tensor:
+    """(N, D) text embeddings of N names (SPEC 3), a causal text tower run only as far as the prompts
+    are long, with a progress bar over the prompts."""
+    return text_embeddings(clip_model, tokenizer, names, encode=encode_text_truncated,
+                           progress=counting_bar(f"embedding {tower} prompts", "prompt"))
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ ScoreTransform = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Prediction:
-    """scores (B, N, h, w) float32 before the CRF; crf_probabilities (B, N, h, w) float32 on the scores'
-    device, or None without the CRF."""
+    """scores (B, N, h, w) float32 of the N names before the CRF; crf_probabilities (B, C, h, w) float32 on
+    the scores' device (C = N unless the CRF ran on class scores made from them), or None without the CRF."""
 
     scores: torch.Tensor
     crf_probabilities: Optional[torch.Tensor] = None
@@ -54,17 +54,17 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, *, crf: bool = True,
-                transform: Optional[ScoreTransform] = None) -> Prediction:
-        """Scores of `images` (moved to `device` first), mapped by `transform` (e.g. query names -> classes
-        of an open-vocabulary benchmark), and their CRF refinement when `crf`."""
+                crf_scores: Optional[ScoreTransform] = None) -> Prediction:
+        """Scores of `images` (moved to the models' device first) and, when `crf`, the CRF refinement of
+        `crf_scores(scores)` (e.g. query names -> classes of an open-vocabulary benchmark; default: the
+        scores themselves)."""
         device = self.models.references.device
         with timing.stage("inference"):
             images = images.to(device, non_blocking=True)
             scores = self.scores(images)
-            if transform is not None:
-                scores = transform(scores)
+            refined_input = crf_scores(scores) if crf and crf_scores is not None else scores
         if not crf:
             return Prediction(scores)
         with timing.stage("CRF"):
-            refined = self.crf.refine(images, scores).to(scores.device)
+            refined = self.crf.refine(images, refined_input).to(scores.device)
         return Prediction(scores, refined)

@@ -16,9 +16,8 @@ from tqdm import tqdm
 from datasets import imagenet
 from reco.references import compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
-from reco.text import text_embeddings
 from reco_api.collection import Collection, collection_of
-from reco_api.models import DenseClipModels, build_retrieval_clip
+from reco_api.models import DenseClipModels, build_retrieval_clip, embed_prompts
 from reco_api.reference_cache import FileReferenceCache, references_to_compute
 from reco_api.settings import ReferenceSettings
 from utils import timing
@@ -64,7 +63,7 @@ def compute_references(
 
     text = None
     if text_attention:
-        with timing.stage("text"):
+        with timing.stage("text", log=True):
             embedded = dense.embed_text(names)
         text = {n: embedded[i] for i, n in enumerate(names)}
     bars = progress or (lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category"))
@@ -117,8 +116,8 @@ def retrieve(settings: ReferenceSettings, names: Sequence[str], device: torch.de
     check_index_size(settings)
     with timing.stage("models"):
         clip_model, tokenizer = (retrieval_clip or (lambda: build_retrieval_clip(settings.models, device)))()
-    with timing.stage("text"):
-        queries = text_embeddings(clip_model, tokenizer, list(names))
+    with timing.stage("text", log=True):
+        queries = embed_prompts(clip_model, tokenizer, list(names), "retrieval")
     del clip_model  # when built here: freed before the index is read
     index = collection.load_index(expected_dim=queries.shape[1])
     if len(index.filenames) < settings.n_imgs:

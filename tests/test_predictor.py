@@ -54,7 +54,8 @@ def test_sliding_windows_cover_the_image_and_average_to_the_same_scores():
         prediction.crf_labels
 
 
-def test_a_transform_maps_the_scores_before_the_crf():
+def test_the_crf_refines_the_class_scores_made_from_the_scores():
     model, _ = predictor()
-    prediction = model.predict(two_region_images(), transform=lambda s: s.flip(1))
-    assert (prediction.labels[:, :, :20] == 1).all() and prediction.crf_probabilities.shape[1] == 2
+    prediction = model.predict(two_region_images(), crf_scores=lambda s: s.flip(1))
+    assert (prediction.labels[:, :, :20] == 0).all()  # the scores stay those of the names
+    assert (prediction.crf_labels[:, :, :20] == 1).all() and (prediction.crf_labels[:, :, 20:] == 0).all()

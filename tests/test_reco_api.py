@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import main_reco
+from datasets import images as own
 from reco_api import ImageTooLargeError, ReCo, Segmentation, check_categories
 from synthetic import draw_scene, render
 from test_own_images import CLASSES, colour_setup, write_scenes  # noqa: F401 (colour_setup is a fixture)
@@ -197,8 +198,10 @@ def test_bad_images_and_a_very_wide_one(tmp_path, colour_setup):
         model.segment(text_file, CLASSES)
     with pytest.raises(OSError, match="cannot read image"):
         model.segment(tmp_path / "missing.png", CLASSES)
-    with pytest.raises(ValueError, match="must be uint8"):
-        model.segment(np.zeros((8, 8, 3), dtype=np.float32), CLASSES)
+    with pytest.raises(ValueError, match="outside 0..1 and 0..255"):  # float arrays: 0..1 or 0..255
+        model.segment(np.full((8, 8, 3), 300.0, dtype=np.float32), CLASSES)
+    with pytest.raises(own.ImageTooThinError, match="4000 x 3 pixels is too elongated"):
+        model.segment(np.zeros((3, 4000, 3), dtype=np.uint8), CLASSES)
     with pytest.raises(ValueError, match=r"must be \(H, W, 3\)"):
         model.segment(np.zeros((8, 8, 5), dtype=np.uint8), CLASSES)
     with pytest.raises(TypeError, match="got int"):
@@ -248,12 +251,12 @@ def test_single_image_file_and_no_half_made_output(tmp_path, colour_setup, monke
     broken = tmp_path / "broken.yaml"
     broken.write_text(colour_setup.read_text().replace(config.dir_imagenet, str(tmp_path / "no_imagenet")))
     for target in (out, tmp_path / "new" / "out"):
-        argv = ["--config", str(broken), "--images", str(image), "--categories", "zebra", "--out", str(target)]
+        argv = ["--config", str(broken), "--images", str(image), "--categories", "zebra,okapi", "--out", str(target)]
         assert main_reco.main(argv) == 2
     assert not (tmp_path / "new").exists()
     not_an_image = tmp_path / "photo.jpg"
     not_an_image.write_text("text")
-    assert main_reco.main(["--config", str(colour_setup), "--images", str(not_an_image), "--categories", "sky",
+    assert main_reco.main(["--config", str(colour_setup), "--images", str(not_an_image), "--categories", "sky,car",
                            "--out", str(tmp_path / "new" / "out")]) == 2
     assert "cannot read image" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "reco.log"} == before

@@ -58,13 +58,27 @@ class RecoWeights:
 class BackgroundConfig:
     """How the background class of voc21, context60 and coco_object is scored (the other benchmarks: none)."""
 
-    mode: Literal["none", "threshold", "synonyms"] = "none"
+    mode: Literal["none", "threshold", "synonyms", "probability"] = "none"
     threshold: float = 0.5              # mode threshold: background where no class scores above this
-    synonyms: Optional[list[str]] = None  # mode synonyms: names queried for the background; None: the class list's
+    synonyms: Optional[list[str]] = None  # modes synonyms, probability: names queried for the background;
+                                          # None: the class list's
+    # mode probability, the peers' rule (reco/ovss.py): softmax(logit_scale * scores) over all names, the max
+    # per class; background where the best class probability is < prob_thd; area_thd: before that, classes
+    # predicted on at most this fraction of the non-background pixels are zeroed (None: no area rule)
+    logit_scale: float = 40.0
+    prob_thd: float = 0.1
+    area_thd: Optional[float] = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"'background.threshold' must be in [0, 1] (ReCo scores are), got {self.threshold}")
+        if not 0.0 < self.logit_scale < float("inf"):
+            raise ConfigError(f"'background.logit_scale' must be > 0 and finite, got {self.logit_scale}")
+        if not 0.0 <= self.prob_thd <= 1.0:
+            raise ConfigError(f"'background.prob_thd' must be in [0, 1] (a probability), got {self.prob_thd}")
+        if self.area_thd is not None and not 0.0 <= self.area_thd <= 1.0:
+            raise ConfigError(f"'background.area_thd' must be in [0, 1] (a fraction of pixels) or null, "
+                              f"got {self.area_thd}")
         if self.synonyms is not None:
             if not self.synonyms or any(not s.strip() for s in self.synonyms):
                 raise ConfigError("'background.synonyms' must be a non-empty list of non-empty names")
