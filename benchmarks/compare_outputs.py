@@ -108,7 +108,7 @@ def _run_api(config: str, photos: Path, out: Path) -> None:
 
     model = ReCo.from_config(config)
     out.mkdir(parents=True, exist_ok=True)
-    images = sorted(photos.glob("*.png"))
+    images = sorted(p for p in photos.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     for crf in (False, True):
         for i, result in enumerate(model.segment_batch(images, OWN_CLASSES, crf=crf)):
             arrays = {"labels": result.labels, "scores": result.scores}
@@ -130,9 +130,14 @@ def compared_files(out: Path) -> dict[str, Path]:
 
 
 def _is_panel(path: Path) -> bool:
-    """Visualisation panels and co-segmentation pictures (matplotlib renderings): not compared."""
-    return path.suffix == ".png" and (path.stem.isdigit() or path.stem.startswith("coseg_")
-                                      or "world" in path.parts or path.name == "legend.png")
+    """Visualisation panels ({i:04d}.png in a run directory), co-segmentation pictures and legends
+    (matplotlib renderings) and the world's own images: not compared. Pseudo-masks (dt/, dt_crf/, KITTI
+    frames named by number included), own-image masks and overlays are."""
+    if path.suffix != ".png" or "world" in path.parts:
+        return path.suffix == ".png"
+    if {"dt", "dt_crf", "masks", "overlays"} & set(path.parts):
+        return False
+    return (path.stem.isdigit() and len(path.stem) == 4) or path.stem.startswith("coseg_") or path.name == "legend.png"
 
 
 def differences(old: Path, new: Path) -> list[str]:

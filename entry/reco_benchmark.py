@@ -80,10 +80,10 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     with timing.stage("text"):
         models = inference_models(settings.models.dense_clip_inference, categories, encoder,
                                   stack_references(references, categories).to(device), dense)
-    predictor = Predictor(models, inference_settings(config), crf_settings(config, device))
+    inference = inference_settings(config)
+    predictor = Predictor(models, inference, crf_settings(config, device))
     return evaluate(config.dataset_name, dataset=dataset, split=split, run_dir=run_dir, predictor=predictor,
-                    inference=inference_settings(config), n_visualisations=config.n_visualisations, device=device,
-                    resume=resume)
+                    inference=inference, n_visualisations=config.n_visualisations, device=device, resume=resume)
 
 
 def read_references(path: Path, categories: Sequence[str], dim: int) -> dict[str, torch.Tensor]:
