@@ -19,9 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
-from entry.validation import check_reco_names  # noqa: E402
+from reco_api.config_checks import reco_config  # noqa: E402
 from utils import timing  # noqa: E402
-from utils.config import load_reco_config  # noqa: E402
 from utils.device import seed_everything, setup_logging  # noqa: E402
 
 
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> None:
 
         run_demo(args.out, device=args.device)
         return
-    config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
-    check_reco_names(config)
+    given = {"device": args.device, "suffix": args.suffix}
+    config = reco_config(args.config, {key: value for key, value in given.items() if value is not None})
     seed_everything(config.seed)
     with timing.run() as timer:
         if args.stage == "index":

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from entry.reco_plus import evaluate_weights, train_run  # noqa: E402
 from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
-from entry.validation import check_reco_plus_names  # noqa: E402
+from networks.config_registries import check_config_names  # noqa: E402
 from utils import timing  # noqa: E402
 from utils.config import load_reco_plus_config  # noqa: E402
 from utils.device import setup_logging  # noqa: E402
@@ -48,7 +48,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> None:
     check_device_argument(args.device)
-    config = check_reco_plus_names(load_reco_plus_config(args.config, {"device": args.device}))
+    # The library's loader (reco_api.config_checks) would bring the ReCo stage in: the same two checks here.
+    config = check_config_names(load_reco_plus_config(args.config, {"device": args.device}))
     with timing.run() as timer:
         if args.weights is not None:
             evaluate_weights(config, args.weights)

@@ -25,7 +25,7 @@ from entry.reference_setting import (is_paper_setting, read_sidecar, reference_e
 from reco.references import stack_references
 from reco.sliding import sliding_window_scores
 from utils import timing
-from utils.config import ConfigError, RecoConfig, config_to_dict
+from utils.config import ConfigError, RecoConfig, config_to_dict, effective
 from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import safe_load_pickle, save_json, save_pickle, save_png
@@ -88,7 +88,7 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     with timing.stage("text"):
         models = inference_models(config, categories, encoder, stack_references(references, categories).to(device),
                                   dense)
-    crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
+    crf = CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))
     return evaluate(config, dataset=dataset, split=split, run_dir=run_dir, device=device, models=models, crf=crf,
                     resume=resume)
 

@@ -23,7 +23,7 @@ from reco.references import compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
 from utils import timing
-from utils.config import ConfigError, RecoConfig
+from utils.config import ConfigError, RecoConfig, resolve_clip_precision
 
 logger = logging.getLogger("reco")
 
@@ -95,10 +95,8 @@ def inference_models(config: RecoConfig, categories: Sequence[str], encoder: nn.
 
 
 def clip_precision(config: RecoConfig, device: torch.device) -> str:
-    """fp16 on CUDA mirrors the original's OpenAI CLIP; fp32 on CPU."""
-    if config.clip_precision != "auto":
-        return config.clip_precision
-    return "fp16" if device.type == "cuda" else "fp32"
+    """The config's clip_precision on `device` (utils.config.resolve_clip_precision)."""
+    return resolve_clip_precision(config.clip_precision, device.type)
 
 
 def build_encoder(config: RecoConfig, device: torch.device) -> nn.Module:

@@ -34,7 +34,7 @@ from reco.ovss import benchmark_queries, ovss_class_scores, query_list
 from reco.references import stack_references
 from reco.sliding import protocol_size, resize_images, sliding_window_scores
 from utils import timing
-from utils.config import ConfigError, RecoConfig, config_to_dict
+from utils.config import ConfigError, RecoConfig, config_to_dict, effective
 from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import save_json
@@ -115,7 +115,7 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     del references
     with timing.stage("text"):
         models = inference_models(config, protocol.queries, encoder, matrix, dense)
-    crf = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
+    crf = CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))
     return evaluate_ovss(config, dataset=dataset, protocol=protocol, run_dir=run_dir, device=device, models=models,
                          crf=crf)
 

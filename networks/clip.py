@@ -22,7 +22,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from utils.config import ConfigError
+from utils.config import ConfigError, resolve_clip_precision
 from utils.io import describe_exception
 from utils.normalisation import CLIP_MEAN, CLIP_STD
 
@@ -53,7 +53,7 @@ def build_clip(
     """
     spec = get_clip(arch)
     device = torch.device(device)
-    precision = _resolve_precision(precision, device)
+    precision = resolve_clip_precision(precision, device.type)
     source, folder = weights_source(weights)
     if source == "folder":
         model = _from_folder(spec, folder, device, precision, key)
@@ -184,14 +184,6 @@ def _model_config(spec: ClipSpec) -> dict[str, Any]:
         raise ValueError(f"open_clip {open_clip.__version__} has no config for {spec.open_clip_name!r}")
     config.pop("quick_gelu", None)
     return config
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32', 'fp16' or 'bf16', got {precision!r}")
-    return precision
 
 
 def _new_clip(spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:

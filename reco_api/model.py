@@ -23,13 +23,13 @@ from datasets import images as own
 from entry.reco_common import (
     DenseClipModels, build_dense_clip, build_encoder, build_retrieval_clip, compute_references,
 )
-from entry.validation import check_reco_names
+from reco_api.config_checks import check_reco_names, reco_config
 from reco.inference import predict
 from reco.references import stack_references
 from reco_api.result import Segmentation
-from utils.config import RecoConfig, config_to_dict, load_reco_config, reco_config_from_dict
+from utils.config import RecoConfig, check_device_name, effective
 from utils import timing
-from utils.crf import crf_refine, resolve_crf_backend
+from utils.crf import crf_backend_spec, crf_refine, resolve_crf_backend
 from utils.device import resolve_device
 from utils.visualise import label_palette
 
@@ -86,6 +86,8 @@ class ReCo:
         max_inference_pixels: Optional[int] = own.MAX_INFERENCE_PIXELS,
     ) -> None:
         self.config = check_reco_names(config)
+        if isinstance(device, str):
+            check_device_name(device)
         self.device = resolve_device(str(device) if device is not None else config.device)
         self.encoder = (encoder if encoder is not None else build_encoder(config, self.device)).eval()
         self.dense = dense if dense is not None else build_dense_clip(config, self.device)
@@ -102,22 +104,13 @@ class ReCo:
                     device: Union[str, torch.device, None] = None, **overrides: Any) -> "ReCo":
         """From a YAML file (or a loaded config); keyword arguments replace its keys, e.g.
         `weights={"encoder": "deit.pth"}` (merged into the file's `weights`) or `n_imgs=20`."""
-        if not isinstance(config, RecoConfig):
-            config = load_reco_config(config)
-        if overrides:
-            raw = config_to_dict(config)
-            for key, value in overrides.items():
-                if isinstance(value, dict) and isinstance(raw.get(key), dict):
-                    value = {**raw[key], **value}
-                raw[key] = value
-            config = reco_config_from_dict(raw)
-        return cls(config, device=device)
+        return cls(reco_config(config, overrides), device=device)
 
     @classmethod
     def from_settings(cls, *, device: Union[str, torch.device, None] = None, **settings: Any) -> "ReCo":
         """Without a YAML file: the config keys as keyword arguments, e.g.
         `ReCo.from_settings(dir_ckpt="ckpt", dir_imagenet="/data/ImageNet2012", weights={...})`."""
-        return cls(reco_config_from_dict(settings), device=device)
+        return cls(reco_config(settings), device=device)
 
     # ------------------------------------------------------------------ reference embeddings
 
@@ -212,9 +205,9 @@ class ReCo:
     def _crf(self, batch: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """Dense CRF (SPEC 9.2) on the denormalised inference-size images and the log-softmax of the
         scores -> (B, N, h, w) probabilities."""
-        if len(batch) == 1 or self.crf_backend != "pydensecrf":
+        if len(batch) == 1 or not crf_backend_spec(self.crf_backend).worker_pool:
             return crf_refine(batch, scores, backend=self.crf_backend, n_workers=1)
-        workers = self.config.crf_workers if self.config.crf_workers is not None else self.config.n_workers
+        workers = effective(self.config, "crf_workers")
         with self._crf_pool_lock:
             return crf_refine(batch, scores, backend=self.crf_backend, n_workers=workers)
 

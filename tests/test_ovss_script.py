@@ -37,7 +37,7 @@ def test_script_runs_each_benchmark_and_writes_the_table(tmp_path):
 def test_shipped_configs_load_and_name_every_benchmark():
     from datasets import metadata
     from entry.reco_ovss import ovss_protocol
-    from entry.validation import check_reco_names
+    from reco_api.config_checks import check_reco_names
     from utils.config import load_reco_config
 
     for name in metadata.OVSS_DATASET_NAMES:
