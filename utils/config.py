@@ -127,7 +127,7 @@ class RecoConfig:
     reproduce_seed_slice_bug: bool = key(False, doc="reproduce the original seed-selection slicing (see "
                                          "*Faithfulness*)")
     reference_aliases: dict[str, str] = key(default_factory=lambda: dict(PAPER_REFERENCE_ALIASES),
-                                            shown_default="{vegetation: tree}",
+                                            shown_default="`{vegetation: tree}`",
                                             doc="categories that reuse a context's reference embedding")
     n_visualisations: int = key(10, range=">= 0", doc="evaluation panels written per run")
     clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = key(
@@ -138,7 +138,7 @@ class RecoConfig:
     index_workers: Optional[int] = key(None, range=">= 0", doc="DataLoader workers of the index build; `null`: "
                                        "on a GPU all cores but one (per process), on a CPU `n_workers`")
     categories: Optional[list[str]] = key(None, doc="own images: class names (or `--categories`)")
-    reference_cache_dir: Optional[str] = key(None, shown_default="{dir_ckpt}/references",
+    reference_cache_dir: Optional[str] = key(None, shown_default="`{dir_ckpt}/references`",
                                              doc="per-category reference-embedding cache")
     image_short_side: Optional[int] = key(320, range=">= 1", doc="own images: shorter side used for inference "
                                           "(`null`: full size)")
@@ -220,8 +220,8 @@ class RecoPlusConfig:
     eval_batch_size: int = key(16, range=">= 1", doc="validation batch (KITTI-STEP config: 1)")
     lr: float = key(5e-4, range="> 0", doc="head learning rate; the backbone uses `lr * backbone_lr_ratio`")
     backbone_lr_ratio: float = key(0.1, range=">= 0", doc="the backbone's learning rate over the head's")
-    weight_decay: float = key(2e-4, range=">= 0", doc="AdamW weight decay")
-    min_lr: float = key(1e-6, range=">= 0", doc="the learning rate the schedule ends at")
+    weight_decay: float = key(2e-4, range=">= 0", doc="Adam's (coupled) L2 weight decay, as the original")
+    min_lr: float = key(1e-6, range=">= 0", doc="floor of the polynomial learning-rate schedule")
     amp: bool = key(True, doc="mixed precision, CUDA only")
     crop_size: int = key(320, range=">= 1", doc="training crop")
     n_visualisations: int = key(10, range=">= 0", doc="as for ReCo")
