@@ -92,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.out is not None:
             out_dir = Path(args.out)
         else:
-            roots = {str(load_reco_config(path).dir_ckpt) for path in args.configs}
+            roots = {str(reco_config(path).dir_ckpt) for path in args.configs}
             if len(roots) != 1:
                 raise ConfigError(f"the configs have different dir_ckpt values {sorted(roots)}; give --out")
             out_dir = Path(roots.pop())

@@ -48,7 +48,7 @@ def test_a_new_benchmark_is_one_registry_entry(tmp_path):
     names = metadata.categories("cityscapes")
     spec = BenchmarkSpec(
         name="cityscapes_coarse_test",
-        reader=CityscapesBenchmark,  # a callable (root, split), here an existing reader
+        reader=CityscapesBenchmark,  # a callable (spec, root, split), here an existing reader
         categories=lambda: names,
         eval_categories=lambda: ["flat", "other"],
         palette=lambda: np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]]),
