@@ -2,9 +2,11 @@
 
 Per batch of equal-size images: the shorter side is resized to `eval_short_side` (long side capped at
 `eval_long_side_max`); every query name is scored by ReCo (dense encoder x DenseCLIP text attention) in
-sliding windows (`slide_window`, `slide_stride`); a class scores the max of its names; the background is
-scored by `background.mode`; the class scores are resized bilinearly to the label's full resolution and
-scored. The CRF refines the class scores at the inference resolution and is resized the same way.
+sliding windows (`slide_window`, `slide_stride`); every query's scores are resized bilinearly to the
+label's full resolution, a class scores the max of its names there, the background is scored by
+`background.mode`, and the argmax is scored (the peers' order, reco/ovss.py ovss_labels). The CRF needs one
+score map per class on the image it refines: it refines the class scores computed at the inference
+resolution, and its probabilities are resized to the label's resolution before the argmax.
 
 Reference embeddings come from the per-category cache (`reference_cache_dir`), so a class name met in
 another benchmark (VOC and Context share most) or an own-image run is not recomputed, and only the (C,)
@@ -18,9 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from datasets import metadata
@@ -30,7 +30,8 @@ from entry.preflight import check_run_inputs
 from entry.evaluation_loop import readable_batches, write_scores
 from entry.reco_benchmark import cosegmentation_visualiser, run_dir_of
 from entry.reco_common import InferenceModels, build_dense_clip, build_encoder, compute_references, inference_models
-from reco.ovss import benchmark_queries, ovss_class_scores, query_list
+from reco.ovss import (ProbabilityBackground, benchmark_queries, ovss_class_scores, ovss_labels, query_list,
+                       upsampled_argmax)
 from reco.references import stack_references
 from reco.sliding import protocol_size, resize_images, sliding_window_scores
 from utils import timing
@@ -53,6 +54,7 @@ class OvssProtocol:
     members: list[list[int]]            # per class, indices into `queries` (empty: threshold background)
     background_index: Optional[int]
     threshold: Optional[float]          # set in threshold mode
+    probability: Optional[ProbabilityBackground] = None  # set in probability mode (the peers' rule)
 
 
 def ovss_protocol(config: RecoConfig) -> OvssProtocol:
@@ -65,12 +67,15 @@ def ovss_protocol(config: RecoConfig) -> OvssProtocol:
     if (background_index is None) != (mode == "none"):
         raise ConfigError(
             f"background.mode: {config.dataset_name} " + (
-                f"has a background class: set 'threshold' or 'synonyms' (got {mode!r})" if background_index is not None
+                f"has a background class: set 'threshold', 'synonyms' or 'probability' (got {mode!r})"
+                if background_index is not None
                 else f"has no background class: set 'none' (got {mode!r})"))
     per_class = benchmark_queries([c.queries for c in classes], background_index, mode, config.background.synonyms)
     queries, members = query_list(per_class)
-    return OvssProtocol(names, queries, members, background_index,
-                        config.background.threshold if mode == "threshold" else None)
+    bg = config.background
+    probability = ProbabilityBackground(bg.logit_scale, bg.prob_thd, bg.area_thd) if mode == "probability" else None
+    return OvssProtocol(names, queries, members, background_index, bg.threshold if mode == "threshold" else None,
+                        probability)
 
 
 def protocol_tag(config: RecoConfig) -> str:
@@ -81,9 +86,17 @@ def protocol_tag(config: RecoConfig) -> str:
     if background.mode == "threshold":
         tag += f"_bgthr{background.threshold:g}"
     elif background.mode == "synonyms":
-        names = "\n".join(background.synonyms) if background.synonyms is not None else "default"
-        tag += "_bgsyn_" + hashlib.sha1(names.encode()).hexdigest()[:6]
+        tag += "_bgsyn_" + _synonyms_hash(background.synonyms)
+    elif background.mode == "probability":
+        tag += f"_bgprob_s{background.logit_scale:g}_p{background.prob_thd:g}"
+        tag += f"_a{background.area_thd:g}" if background.area_thd is not None else ""
+        tag += "_" + _synonyms_hash(background.synonyms)
     return tag
+
+
+def _synonyms_hash(synonyms: Optional[list[str]]) -> str:
+    names = "\n".join(synonyms) if synonyms is not None else "default"
+    return hashlib.sha1(names.encode()).hexdigest()[:6]
 
 
 def ovss_run_dir(config: RecoConfig, split: str = "val") -> Path:
@@ -138,15 +151,15 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
                                                           config.eval_long_side_max))
             query_scores = sliding_window_scores(resized, models.predict, config.slide_window, config.slide_stride)
             class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
-                                             protocol.threshold)  # (B, C, h, w)
-            del query_scores
+                                             protocol.threshold, protocol.probability)  # (B, C, h, w), the CRF's
         with timing.stage("CRF"):
             refined = crf.refine(resized, class_scores)
         for j in range(len(images)):  # one image at a time at full resolution bounds memory
             with timing.stage("inference"):
-                pred = _full_resolution_argmax(class_scores[j], full_size)
+                pred = ovss_labels(query_scores[j:j + 1], protocol.members, full_size, protocol.background_index,
+                                   protocol.threshold, protocol.probability)[0].cpu().numpy()
             with timing.stage("CRF"):
-                pred_crf = _full_resolution_argmax(refined[j].to(device), full_size)
+                pred_crf = upsampled_argmax(refined[j:j + 1].to(device), full_size)[0].cpu().numpy()
             label = batch["label"][j]
             scores.update(label, pred)
             scores_crf.update(label, pred_crf)
@@ -162,8 +175,3 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
                 results["Mean IoU"], results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
 
-
-def _full_resolution_argmax(scores: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """(C, h, w) scores -> (H, W) int64 labels of the bilinearly resized scores."""
-    resized = F.interpolate(scores[None].float(), size=size, mode="bilinear", align_corners=False)
-    return resized[0].argmax(dim=0).cpu().numpy()

@@ -59,7 +59,8 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
     paths = own.list_images(images)
     stems = own.output_stems(paths, images)
     if Path(images).is_file():  # one named file that cannot be read is an error, not a skipped image
-        own.load_image(images)
+        single = own.load_image(images)
+        own.inference_size(single.width, single.height, config.image_short_side)
     out_dir = Path(out)
     with staged_output(out_dir) as stage:
         setup_logging(stage / "reco.log")
@@ -78,8 +79,11 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
             for path, stem in zip(paths[start:start + config.batch_size], stems[start:start + config.batch_size]):
                 try:
                     with timing.stage("data loading"):
-                        loaded.append((stem, own.load_image(path, model.max_image_pixels)))
-                except (OSError, ValueError) as e:  # unreadable, or over the pixel limit
+                        image = own.load_image(path, model.max_image_pixels)
+                        # a too-elongated image is a counted skip here rather than an error mid-batch
+                        own.inference_size(image.width, image.height, config.image_short_side, model.max_inference_pixels)
+                        loaded.append((stem, image))
+                except (OSError, ValueError) as e:  # unreadable, over the pixel limit, too thin
                     logger.warning("skipped %s", e)
                     summary["skipped"].append(str(path))
             results = model.segment_batch([image for _, image in loaded], categories, crf=crf)

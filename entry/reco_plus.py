@@ -3,6 +3,7 @@ I/O; the loop itself is reco_plus.trainer.train). Evaluation, also of given weig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -26,10 +27,20 @@ from utils import timing
 from utils.config import ConfigError, RecoPlusConfig, require_dir, require_file
 from utils.device import resolve_device, seed_everything, setup_logging
 from utils.distributed import init_distributed, is_distributed
+from utils.file_identity import content_hash
+from utils.file_lock import FolderInUseError, folder_lock
+from utils.jsonl import JsonLinesError, read_json_lines
 from utils.io import atomic_write, describe_exception, strict_json_value, torch_save
 from utils.visualise import plot_training_curves
 
 logger = logging.getLogger("reco")
+
+# The config keys that decide the trained weights. A run directory holds one setting: a re-run with other
+# values stops instead of resuming (or reporting "finished") a run it did not make. iter_train and
+# min_lr are left out on purpose: the schedule follows the config (training can be extended).
+SETTING_KEYS = ("dataset_name", "segmentor_name", "dir_pseudo_masks", "batch_size", "crop_size", "lr",
+                "backbone_lr_ratio", "weight_decay", "seed", "amp")
+HASH_MEMO = ".file_hashes.json"  # in dir_ckpt: content hashes of weights files, by their stat
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -75,15 +86,45 @@ class RunHooks(TrainHooks):
 
 
 def read_records(run_dir: Path, up_to: int) -> list[dict]:
-    """metrics.jsonl records up to iteration `up_to` (later ones belong to a run after the last checkpoint)."""
+    """metrics.jsonl records up to iteration `up_to` (later ones belong to a run after the last checkpoint).
+    A torn last line (an append cut short by a kill) is dropped with a log line."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        records, torn = read_json_lines(path)
+    except JsonLinesError as e:
+        raise ConfigError(str(e)) from None
+    if torn:
+        logger.warning("%s: dropped a torn last line (an interrupted write)", path)
     records = [r for r in records if r.get("iteration", 0) <= up_to]
     with atomic_write(path, "w") as f:
         f.writelines(json.dumps(strict_json_value(r), allow_nan=False) + "\n" for r in records)
     return records
+
+
+def training_setting(config: RecoPlusConfig) -> dict[str, Any]:
+    """The values that decide the weights; a weights file is known by its content hash."""
+    setting: dict[str, Any] = {key: getattr(config, key) for key in SETTING_KEYS}
+    if config.dir_pseudo_masks is not None:
+        setting["dir_pseudo_masks"] = str(Path(config.dir_pseudo_masks).expanduser().resolve())
+    backbone = config.weights.backbone
+    if backbone is not None and Path(backbone).expanduser().is_file():
+        backbone = content_hash(Path(backbone).expanduser(), Path(config.dir_ckpt).expanduser() / HASH_MEMO)
+    setting["weights.backbone"] = backbone
+    return setting
+
+
+def check_same_setting(path: Path, recorded: Optional[dict], current: dict) -> None:
+    """ConfigError naming the keys whose values differ from those the checkpoint was trained with."""
+    if recorded is None:  # a checkpoint from before settings were recorded: nothing to compare
+        logger.warning("%s records no training setting; resuming it with the config's values", path)
+        return
+    changed = [key for key in sorted(set(recorded) | set(current)) if recorded.get(key) != current.get(key)]
+    if changed:
+        diff = ", ".join(f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in changed)
+        raise ConfigError(f"{path.parent} holds a ReCo+ run trained with other settings ({diff}); use another "
+                          "dir_ckpt, or move the run directory away to start afresh")
 
 
 def check_backbone_weights(config: RecoPlusConfig) -> Optional[str]:
@@ -100,8 +141,10 @@ def check_backbone_weights(config: RecoPlusConfig) -> Optional[str]:
 
 
 def resume(run_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-           scaler: Optional[torch.amp.GradScaler], rank: int, config: RecoPlusConfig) -> tuple[int, float]:
-    """(completed iterations, best CRF mIoU) of the run in run_dir, restored from its last.pt if any."""
+           scaler: Optional[torch.amp.GradScaler], rank: int, config: RecoPlusConfig,
+           setting: dict[str, Any]) -> tuple[int, float]:
+    """(completed iterations, best CRF mIoU) of the run in run_dir, restored from its last.pt if any.
+    A last.pt trained with another `setting` is refused (ConfigError naming the keys)."""
     path = run_dir / "last.pt"
     if not path.is_file():
         return 0, NO_EVALUATION
@@ -109,6 +152,8 @@ def resume(run_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Opti
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign last.pt: say so, and how to start afresh
         raise ConfigError(f"{path} cannot be read ({describe_exception(e)}); move it away to start afresh") from None
+    extra = state.get("extra") if isinstance(state, dict) else None
+    check_same_setting(path, extra.get("setting") if isinstance(extra, dict) else None, setting)
     try:
         start, best = restore_training_state(state, model=model, optimizer=optimizer, scaler=scaler, rank=rank)
     except (RuntimeError, ValueError, KeyError) as e:
@@ -149,10 +194,21 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     except ValueError as e:  # missing benchmark folders / files: the message names them
         raise ConfigError(f"dir_dataset: {e}") from None
     run_dir = run_dir_of(config)  # created only once the inputs are known to be there
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        setup_logging(run_dir / "train.log")
-        timing.set_output_dir(run_dir)
+    with contextlib.ExitStack() as held:
+        if is_main:  # one training per run directory: a second one would interleave metrics.jsonl
+            try:
+                held.enter_context(folder_lock(run_dir, "the ReCo+ run directory"))
+            except FolderInUseError as e:
+                raise ConfigError(str(e)) from None
+            setup_logging(run_dir / "train.log")
+            timing.set_output_dir(run_dir)
+        return _train_in(run_dir, config, train_set, n_classes, backbone, device, rank, world_size, stop_at)
+
+
+def _train_in(run_dir: Path, config: RecoPlusConfig, train_set: Any, n_classes: int, backbone: Optional[str],
+              device: torch.device, rank: int, world_size: int, stop_at: Optional[int]) -> dict[str, Any]:
+    is_main = rank == 0
+    setting = training_setting(config)
     try:
         with timing.stage("models"):
             model = build_segmentor(config.segmentor_name, n_classes, backbone).to(device)
@@ -161,7 +217,8 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     optimizer = build_optimizer(model, config.lr, config.backbone_lr_ratio, config.weight_decay)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    start, best = resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, rank=rank, config=config)
+    start, best = resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, rank=rank, config=config,
+                         setting=setting)
     # Built after resuming, at the resumed iteration: the learning rates follow the config's schedule.
     scheduler = PolyLR(optimizer, config.iter_train, power=0.9, min_lr=config.min_lr, last_epoch=start - 1)
     records = read_records(run_dir, start) if is_main else []
@@ -183,7 +240,8 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
 
     hooks = RunHooks(run_dir, records, stop_at) if is_main else _RankHooks(stop_at)
     hooks.checkpoint_info = {"segmentor_name": config.segmentor_name, "dataset_name": config.dataset_name,
-                             "n_classes": n_classes, "world_size": world_size, "seed": config.seed}
+                             "n_classes": n_classes, "world_size": world_size, "seed": config.seed,
+                             "setting": setting}
     previous = _install_stop_handlers(hooks)
     logger.info("training %s on %d %s pseudo-masks (%s), %d -> %d iterations, batch %d, device %s, %d process(es)",
                 config.segmentor_name, len(train_set), config.dataset_name, config.dir_pseudo_masks, start,

@@ -6,9 +6,10 @@
 
 `python -m reco_api.demo --config CFG` serves the same model as a local web page.
 """
-from datasets.images import MAX_IMAGE_PIXELS, MAX_INFERENCE_PIXELS, ImageTooLargeError
+from datasets.images import MAX_IMAGE_PIXELS, MAX_INFERENCE_PIXELS, ImageTooLargeError, ImageTooThinError
 from reco_api.model import ReCo, check_categories
 from reco_api.result import Segmentation
 
-__all__ = ["ReCo", "Segmentation", "check_categories", "ImageTooLargeError", "MAX_IMAGE_PIXELS",
+__all__ = ["ReCo", "Segmentation", "check_categories", "ImageTooLargeError", "ImageTooThinError",
+           "MAX_IMAGE_PIXELS",
            "MAX_INFERENCE_PIXELS"]

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import main_reco
+from datasets import images as own
 from reco_api import ImageTooLargeError, ReCo, Segmentation, check_categories
 from synthetic import draw_scene, render
 from test_own_images import CLASSES, colour_setup, write_scenes  # noqa: F401 (colour_setup is a fixture)
@@ -175,8 +176,10 @@ def test_bad_images_and_a_very_wide_one(tmp_path, colour_setup):
         model.segment(text_file, CLASSES)
     with pytest.raises(OSError, match="cannot read image"):
         model.segment(tmp_path / "missing.png", CLASSES)
-    with pytest.raises(ValueError, match="must be uint8"):
-        model.segment(np.zeros((8, 8, 3), dtype=np.float32), CLASSES)
+    with pytest.raises(ValueError, match="outside 0..1 and 0..255"):  # float arrays: 0..1 or 0..255
+        model.segment(np.full((8, 8, 3), 300.0, dtype=np.float32), CLASSES)
+    with pytest.raises(own.ImageTooThinError, match="4000 x 3 pixels is too elongated"):
+        model.segment(np.zeros((3, 4000, 3), dtype=np.uint8), CLASSES)
     with pytest.raises(ValueError, match=r"must be \(H, W, 3\)"):
         model.segment(np.zeros((8, 8, 5), dtype=np.uint8), CLASSES)
     with pytest.raises(TypeError, match="got int"):

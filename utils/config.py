@@ -41,6 +41,11 @@ def _check_synonyms(synonyms: list[str], key_name: str) -> None:
         raise ConfigError(f"'{key_name}' repeats names: {synonyms}")
 
 
+def _check_finite(value: float, key_name: str) -> None:
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"'{key_name}' must be finite, got {value}")
+
+
 def resolve_clip_precision(precision: str, device_type: str) -> str:
     """The key clip_precision on a device type: 'auto' is fp16 on CUDA (as the original's OpenAI CLIP) and
     fp32 elsewhere; fp32, fp16 and bf16 are kept."""
@@ -70,12 +75,26 @@ class RecoWeights:
 class BackgroundConfig:
     """How the background class of voc21, context60 and coco_object is scored (the other benchmarks: none)."""
 
-    mode: Literal["none", "threshold", "synonyms"] = key(
-        "none", doc="`voc21`, `context60`, `coco_object`: `synonyms` or `threshold`; other benchmarks `none`")
+    mode: Literal["none", "threshold", "synonyms", "probability"] = key(
+        "none", doc="`voc21`, `context60`, `coco_object`: `synonyms`, `threshold` or `probability`; other "
+        "benchmarks `none`")
     threshold: float = key(0.5, range="0..1",
                            doc="`threshold` mode: background where no class scores above it (ReCo scores are in [0, 1])")
     synonyms: Optional[list[str]] = key(None, check=_check_synonyms, allowed="distinct non-empty names",
-                                        doc="`synonyms` mode: names queried for the background; `null`: the class list's")
+                                        doc="`synonyms` and `probability` modes: names queried for the background; "
+                                        "`null`: the class list's")
+    # mode probability, the peers' rule (reco/ovss.py): softmax(logit_scale * scores) over all names, the max
+    # per class; background where the best class probability is < prob_thd; area_thd: before that, classes
+    # predicted on at most this fraction of the non-background pixels are zeroed (None: no area rule)
+    logit_scale: float = key(40.0, range="> 0", check=_check_finite, allowed="> 0, finite",
+                             doc="`probability` mode: scores are multiplied by it before the softmax over all names")
+    prob_thd: float = key(0.1, range="0..1", doc="`probability` mode: background where the best class probability "
+                          "is below it")
+    area_thd: Optional[float] = key(None, range="0..1", doc="`probability` mode: zero classes predicted on at most "
+                                    "this fraction of the non-background pixels; `null`: no area rule")
+
+    def __post_init__(self) -> None:  # also checked when built on its own
+        check_declared(self, prefix="background.")
 
 
 @dataclass(frozen=True)
