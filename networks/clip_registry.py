@@ -67,7 +67,9 @@ class ClipSpec:
     @property
     def weights(self) -> str:
         """What `weights.clip` / `weights.dense_clip` should be, for errors and the README."""
-        if self.test_only or self.fixed_weights:
+        if self.fixed_weights:
+            return f"'random' ({self.name} is built by its registry entry, with no weights file)"
+        if self.test_only:
             return f"'random' for the test architecture '{self.name}' (or a checkpoint file made from it)"
         if self.openai_file is not None:
             return f"the OpenAI CLIP checkpoint {self.openai_file} or a state-dict file"
