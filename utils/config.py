@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
-from utils.config_schema import ConfigError, build_dataclass, check_declared, effective, key, load_yaml_dataclass
+from utils.config_schema import (ConfigError, build_dataclass, check_declared, effective,  # noqa: F401
+                                 key, load_yaml_dataclass)  # (ConfigError and effective: used from here)
 from utils.naming import slug
 
 
