@@ -18,10 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Only what checks the command line and the config file is imported here (no torch, open_clip or timm):
+# a mistake is answered before the heavy imports, which come with the stage that needs them.
 from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
-from reco_api.config_checks import reco_config  # noqa: E402
-from utils import timing  # noqa: E402
-from utils.device import seed_everything, setup_logging  # noqa: E402
+from utils.config import load_reco_config  # noqa: E402
+from utils.logs import setup_logging  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,8 +62,14 @@ def run(args: argparse.Namespace) -> None:
 
         run_demo(args.out, device=args.device)
         return
-    given = {"device": args.device, "suffix": args.suffix}
-    config = reco_config(args.config, {key: value for key, value in given.items() if value is not None})
+    config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
+    # The library's loader (reco_api.config_checks.reco_config) makes the same checks in one call; the
+    # registries come with the first heavy import, so they are checked after the config file.
+    from reco_api.config_checks import check_reco_names
+    from utils import timing
+    from utils.device import seed_everything
+
+    check_reco_names(config)
     seed_everything(config.seed)
     with timing.run() as timer:
         if args.stage == "index":

@@ -19,13 +19,12 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from entry.reco_plus import evaluate_weights, train_run  # noqa: E402
+# Only what checks the command line and the config file is imported here (no torch or timm): a mistake
+# is answered before the heavy imports, which come with the stage that needs them.
 from entry.cli import check_device_argument, run_reporting_errors  # noqa: E402
-from networks.config_registries import check_config_names  # noqa: E402
-from utils import timing  # noqa: E402
+from entry.reco_plus_preflight import check_reco_plus_inputs  # noqa: E402
 from utils.config import load_reco_plus_config  # noqa: E402
-from utils.device import setup_logging  # noqa: E402
-from utils.distributed import cleanup, env_rank  # noqa: E402
+from utils.logs import setup_logging  # noqa: E402
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -43,13 +42,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return run_reporting_errors(lambda: run(args), args.config)
     finally:
-        cleanup()
+        if "torch.distributed" in sys.modules:  # a process group can only exist once torch is imported
+            from utils.distributed import cleanup
+
+            cleanup()
 
 
 def run(args: argparse.Namespace) -> None:
     check_device_argument(args.device)
-    # The library's loader (reco_api.config_checks) would bring the ReCo stage in: the same two checks here.
-    config = check_config_names(load_reco_plus_config(args.config, {"device": args.device}))
+    config = load_reco_plus_config(args.config, {"device": args.device})
+    from entry.reco_plus import evaluate_weights, train_run  # the heavy imports (torch, timm)
+    from networks.config_registries import check_config_names  # reco_api's loader would bring the ReCo stage
+    from utils import timing
+    from utils.distributed import env_rank
+
+    config = check_config_names(config)
+    check_reco_plus_inputs(config, args.weights)  # every missing input in one message, before any work
     with timing.run() as timer:
         if args.weights is not None:
             evaluate_weights(config, args.weights)

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps
 
+from utils.folder_swap import old_prefix, staging_prefix
 from utils.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
 MAX_IMAGE_PIXELS = 100_000_000  # e.g. 20,000 x 5,000; PIL's own guard refuses files above ~179M pixels
@@ -49,8 +51,10 @@ def image_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def list_images(location: str | os.PathLike) -> list[Path]:
-    """[location] if it is a file; else the sorted image files under the folder `location` (recursively).
+def list_images(location: str | os.PathLike, exclude: Optional[str | os.PathLike] = None) -> list[Path]:
+    """[location] if it is a file; else the sorted image files under the folder `location` (recursively),
+    leaving out the folder `exclude` (the run's output folder, when it lies inside `location`) and the
+    hidden staging folders a run writes beside it.
 
     A missing path or a folder without images is a clear error.
     """
@@ -61,9 +65,22 @@ def list_images(location: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"--images: file or folder not found: {location}")
     extensions = image_extensions()
     paths = sorted(p for p in location.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if exclude is not None:
+        paths = [p for p in paths if not _is_output(p, Path(exclude))]
     if not paths:
         raise FileNotFoundError(f"--images: no images found in {location} (looked for {', '.join(sorted(extensions)[:8])}, ...)")
     return paths
+
+
+def _is_output(path: Path, out_dir: Path) -> bool:
+    """Whether `path` lies in `out_dir` or in a folder a run of it stages in (`.{name}.partial-*`, `.{name}.old-*`)."""
+    out_dir = out_dir.absolute()
+    path = path.absolute()
+    if path.is_relative_to(out_dir):
+        return True
+    prefixes = (staging_prefix(out_dir), old_prefix(out_dir))
+    return path.is_relative_to(out_dir.parent) and any(
+        part.startswith(prefixes) for part in path.relative_to(out_dir.parent).parts[:1])
 
 
 def output_stems(paths: list[Path], root: str | os.PathLike) -> list[str]:
@@ -71,13 +88,37 @@ def output_stems(paths: list[Path], root: str | os.PathLike) -> list[str]:
 
     `root` may be the single image file itself: its stem is then the file's name without extension.
     Two files differing only in extension ("a.jpg", "a.png") keep the extension in the name ("a_png").
+    A name that is still not unique ("a.jpg" and "a.JPG"; "a.png" beside "a_png.jpg") gets "_2", "_3", ...
+    after its first use, in the order of `paths`. Linear in the number of paths.
     """
     root = Path(root)
     if root.is_file():
         root = root.parent
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
-    counts = {s: stems.count(s) for s in stems}
-    return [s if counts[s] == 1 else f"{s}_{p.suffix.lstrip('.').lower()}" for s, p in zip(stems, paths)]
+    counts = Counter(stems)
+    names = [s if counts[s] == 1 else f"{s}_{p.suffix.lstrip('.').lower()}" for s, p in zip(stems, paths)]
+    return _numbered_repeats(names)
+
+
+def _numbered_repeats(names: list[str]) -> list[str]:
+    """names with every repeat after the first renamed "{name}_{n}" (n = 2, 3, ...), avoiding all names."""
+    taken = set(names)
+    if len(taken) == len(names):
+        return names
+    used: set[str] = set()
+    next_number: dict[str, int] = {}
+    unique = []
+    for name in names:
+        if name in used:
+            number = next_number.get(name, 2)
+            while f"{name}_{number}" in taken:
+                number += 1
+            next_number[name] = number + 1
+            name = f"{name}_{number}"
+            taken.add(name)
+        used.add(name)
+        unique.append(name)
+    return unique
 
 
 def check_pixels(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:

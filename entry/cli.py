@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 from typing import Callable, Optional
 
@@ -17,6 +18,15 @@ from utils.config import ConfigError, check_device_name
 # by utils.io.safe_load_pickle with the file's name in the message).
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, OSError, pickle.UnpicklingError)
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells expect of a program stopped by Ctrl-C
+
+
+class Interrupted(Exception):
+    """A run stopped by a signal after keeping what it had done (the message says what and how to go on)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def check_device_argument(device: Optional[str]) -> None:
@@ -26,9 +36,18 @@ def check_device_argument(device: Optional[str]) -> None:
 
 
 def run_reporting_errors(run: Callable[[], None], config_path: str) -> int:
-    """run(); a user error becomes `error: <config file>: <key>: <what is wrong>` and rc 2."""
+    """run(); a user error becomes `error: <config file>: <key>: <what is wrong>` and rc 2; Ctrl-C one line
+    and rc 130 (128 + the signal for a run that stopped cleanly on SIGTERM)."""
     try:
         run()
+    except KeyboardInterrupt:
+        if os.environ.get("RECO_DEBUG"):
+            raise
+        print("\ninterrupted (Ctrl-C): finished files are kept, a re-run goes on from them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Interrupted as stop:
+        print(f"\ninterrupted: {stop}", file=sys.stderr)
+        return 128 + int(stop.signum)
     except USER_ERRORS as error:
         if os.environ.get("RECO_DEBUG"):
             raise

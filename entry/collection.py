@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 from PIL import Image
@@ -65,7 +65,12 @@ class Collection:
         return [Path(p).relative_to(self.root).as_posix() for p in paths]
 
     def path_of(self, filename: str) -> Path:
-        """The image of an index filename."""
+        """The image of an index filename. An entry that would lie outside the collection (absolute, with
+        a '..' part, or for ImageNet anything but a basename) is refused, naming the index."""
+        if not _inside_collection(filename, basename_only=self.is_imagenet):
+            raise ConfigError(f"{self.index_dir / 'filenames.txt'}: the entry {filename!r} lies outside "
+                              f"{self.root}; this index was not built from the collection: move {self.index_dir} "
+                              f"away and rebuild it")
         if self.is_imagenet:
             return imagenet.imagenet_path(self.root, self.name, filename)
         return self.root / filename
@@ -83,6 +88,14 @@ class Collection:
             return (f"dir_imagenet: no images in {self.root / self.name}/<wnid>/*.JPEG to build the index from; "
                     f"{published_pickle_hint(self.root, self.clip_arch, self.name)}")
         return f"collection_dir: no image files under {self.root} (searched recursively, {INDEX_FOLDER}/ skipped)"
+
+
+def _inside_collection(filename: str, basename_only: bool) -> bool:
+    """Whether an index entry names a file under the collection's root, read from its text alone."""
+    path = PurePosixPath(filename)
+    if not filename or "\0" in filename or path.is_absolute() or ".." in path.parts:
+        return False
+    return not basename_only or (len(path.parts) == 1 and not filename.startswith("."))
 
 
 def collection_of(config: RecoConfig) -> Collection:

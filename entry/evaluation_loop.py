@@ -13,6 +13,7 @@ from tqdm import tqdm
 from datasets.benchmarks import collate, size_grouped_batches
 from utils import timing
 from utils.io import atomic_write, save_json
+from utils.progress import FirstFewWarnings
 
 logger = logging.getLogger("reco")
 
@@ -55,6 +56,7 @@ def readable_batches(dataset: Dataset, *, batch_size: int, n_workers: int, devic
                         collate_fn=collate_readable,
                         batch_sampler=size_grouped_batches(dataset.image_sizes(unreadable=(0, 0)), batch_size))
     iterator = iter(tqdm(loader, desc=desc, unit="batch"))
+    skip_warnings = FirstFewWarnings(logger, listed_in="skipped_images.txt")
     i = 0
     while True:
         with timing.stage("data loading"):
@@ -63,7 +65,7 @@ def readable_batches(dataset: Dataset, *, batch_size: int, n_workers: int, devic
             return
         skipped += batch["errors"]
         for error in batch["errors"]:
-            logger.warning("skipped unreadable image %s", error)
+            skip_warnings.warn("skipped unreadable image %s", error)
         if batch["image"] is not None:
             yield i, batch
         i += 1

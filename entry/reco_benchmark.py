@@ -30,6 +30,7 @@ from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import safe_load_pickle, save_json, save_pickle, save_png
 from utils.metrics import RunningScore, named_scores
+from utils.naming import file_name_part
 from utils.visualise import save_cosegmentation, save_panels
 
 logger = logging.getLogger("reco")
@@ -114,13 +115,15 @@ def load_or_compute_references(config, categories, device, encoder, dense, run_d
 
 
 def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, torch.Tensor], None]:
-    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps."""
+    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps
+    (a name that cannot be a file name as it is gets a safe one, utils.naming.file_name_part; the title
+    keeps the real name)."""
 
     def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
         with timing.stage("writing"):
             size = tuple(images.shape[-2:])
             maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            save_cosegmentation(run_dir / f"coseg_{name}.png", denormalise_image(images[:5].cpu()),
+            save_cosegmentation(run_dir / f"coseg_{file_name_part(name)}.png", denormalise_image(images[:5].cpu()),
                                 maps.cpu().numpy(), title=name)
 
     return visualise

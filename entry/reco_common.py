@@ -16,6 +16,7 @@ import networks
 from datasets import imagenet
 from entry.collection import collection_of
 from networks.clip import DenseCLIP
+from networks.text_tower import encode_text_truncated
 from entry.reference_cache import FileReferenceCache, reference_cache_root, references_to_compute
 from entry.reference_setting import used_contexts
 from reco.inference import predict
@@ -23,6 +24,7 @@ from reco.references import compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco.text import text_embeddings
 from utils import timing
+from utils.progress import counting_bar
 from utils.config import ConfigError, RecoConfig, resolve_clip_precision
 
 logger = logging.getLogger("reco")
@@ -63,8 +65,15 @@ class DenseClipModels:
         new = [n for n in dict.fromkeys(names) if n not in self._embedded]
         if new:
             _, clip_model, tokenizer = self._loaded()
-            self._embedded.update(zip(new, text_embeddings(clip_model, tokenizer, new)))
+            self._embedded.update(zip(new, embed_prompts(clip_model, tokenizer, new, "DenseCLIP")))
         return torch.stack([self._embedded[n] for n in names])
+
+
+def embed_prompts(clip_model: nn.Module, tokenizer: Callable, names: Sequence[str], tower: str) -> torch.Tensor:
+    """(N, D) text embeddings of N names (SPEC 3), a causal text tower run only as far as the prompts
+    are long, with a progress bar over the prompts."""
+    return text_embeddings(clip_model, tokenizer, names, encode=encode_text_truncated,
+                           progress=counting_bar(f"embedding {tower} prompts", "prompt"))
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ def compute_references(
 
     text = None
     if dense is not None and config.text_attention:
-        with timing.stage("text"):
+        with timing.stage("text", log=True):
             embedded = dense.embed_text(names)
         text = {n: embedded[i] for i, n in enumerate(names)}
     bars = progress or (lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category"))
@@ -205,8 +214,8 @@ def retrieve(config: RecoConfig, names: Sequence[str], device: torch.device,
     check_index_size(config)
     with timing.stage("models"):
         clip_model, tokenizer = (retrieval_clip or (lambda: build_retrieval_clip(config, device)))()
-    with timing.stage("text"):
-        queries = text_embeddings(clip_model, tokenizer, list(names))
+    with timing.stage("text", log=True):
+        queries = embed_prompts(clip_model, tokenizer, list(names), "retrieval")
     del clip_model  # when built here: freed before the index is read
     index = collection.load_index(expected_dim=queries.shape[1])
     if len(index.filenames) < config.n_imgs:

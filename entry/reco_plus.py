@@ -17,6 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datasets import metadata
 from datasets.pseudo_masks import PseudoMaskError, build_pseudo_mask_dataset
+from entry.cli import Interrupted
 from entry.reco_plus_eval import (evaluate_weights, make_crf_fn, run_dir_of, run_evaluation,  # noqa: F401
                                   val_loader, write_config)  # evaluate_weights: re-exported for main_reco_plus
 from networks.deeplab import build_segmentor
@@ -50,6 +51,7 @@ class RunHooks(TrainHooks):
     def __init__(self, run_dir: Path, records: Optional[list[dict]], stop_at: Optional[int]) -> None:
         self.run_dir, self.records, self.stop_at = run_dir, records, stop_at
         self.signalled = False
+        self.signum = signal.SIGINT
         self.checkpoint_info: dict[str, Any] = {}
 
     def _append(self, record: dict) -> None:
@@ -197,7 +199,7 @@ def train_run(config: RecoPlusConfig, stop_at: Optional[int] = None) -> dict[str
     with contextlib.ExitStack() as held:
         if is_main:  # one training per run directory: a second one would interleave metrics.jsonl
             try:
-                held.enter_context(folder_lock(run_dir, "the ReCo+ run directory"))
+                held.enter_context(folder_lock(run_dir, f"the ReCo+ run directory {run_dir}"))
             except FolderInUseError as e:
                 raise ConfigError(str(e)) from None
             setup_logging(run_dir / "train.log")
@@ -259,6 +261,9 @@ def _train_in(run_dir: Path, config: RecoPlusConfig, train_set: Any, n_classes: 
             signal.signal(signum, handler)
     logger.info("%s at iteration %d; best CRF mIoU %.4f; run dir %s", "stopped" if result.stopped else "finished",
                 result.iteration, result.best_miou, run_dir)
+    if hooks.signalled:  # Ctrl-C or SIGTERM: the state is saved; the shell is told it was interrupted
+        raise Interrupted(f"ReCo+ training stopped at iteration {result.iteration}, last.pt written in {run_dir}; "
+                          "run the same command to resume", hooks.signum)
     return {"run_dir": run_dir, "iteration": result.iteration, "best_miou": result.best_miou, "stopped": result.stopped}
 
 
@@ -267,7 +272,7 @@ def _install_stop_handlers(hooks: RunHooks) -> dict:
     def handler(signum: int, frame: Any) -> None:
         if hooks.signalled and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        hooks.signalled = True
+        hooks.signalled, hooks.signum = True, signum
         logger.warning("signal %d: stopping after this iteration (last.pt will be written)", signum)
 
     previous = {}

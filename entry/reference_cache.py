@@ -13,9 +13,11 @@ from entry.reference_setting import category_setting, setting_differences, setti
 from reco.references import ReferenceCache
 from utils.config import RecoConfig
 from utils.io import torch_save
-from utils.naming import slug
+from utils.naming import fit_file_name, slug
 
 logger = logging.getLogger("reco")
+
+MAX_NAME_BYTES = 160  # of the category slug in a cache file name (the whole name stays under 255)
 
 
 class FileReferenceCache(ReferenceCache):
@@ -38,7 +40,8 @@ class FileReferenceCache(ReferenceCache):
     def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
         digest = hashlib.sha1("\n".join(contexts).encode()).hexdigest()[:10] if contexts else "none"
         name_digest = hashlib.sha1(name.encode()).hexdigest()[:6]  # distinct names never share a file
-        return self.directory / f"{slug(name)}_{name_digest}__ctx_{digest}.pt"
+        # a very long name is shortened (its digest keeps it distinct); the file holds the real name
+        return self.directory / f"{fit_file_name(slug(name), MAX_NAME_BYTES)}_{name_digest}__ctx_{digest}.pt"
 
     def get(self, name: str, contexts: tuple[str, ...]) -> Optional[torch.Tensor]:
         path = self._path(name, contexts)

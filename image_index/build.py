@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from image_index.storage import (EMBEDDINGS_FILE, FAILED_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE,
                                  fresh_tmp_dir, load_index, publish, write_json, write_lines)
+from utils.file_lock import folder_lock
 from utils.io import atomic_write, save_json
 
 
@@ -72,11 +73,35 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     if world_size > 1 and barrier is None:
         raise ValueError("build_index with world_size > 1 needs a barrier (e.g. utils.distributed.barrier)")
     sync = barrier or (lambda: None)
-    if (out_dir / META_FILE).is_file():
-        load_index(out_dir)  # a complete index is there (published atomically); check it opens
-        if rank == 0:
-            logger.info("ImageNet index already built: %s", out_dir)
+    if _complete(out_dir, rank, logger):
         return out_dir
+    # One build per index at a time: a second job waits for the first (rank 0 holds the lock for its job,
+    # whose other ranks wait at the barrier), then finds the index complete.
+    lock = (folder_lock(out_dir.parent, f"the index {out_dir}", wait_s=float("inf"), on_wait=logger.warning,
+                        lock_name=f".{out_dir.name}.lock") if rank == 0 else contextlib.nullcontext())
+    with lock:
+        sync()
+        if _complete(out_dir, rank, logger):
+            return out_dir
+        return _build_unlocked(paths, names, embed_fn, out_dir, meta, make_dataset=make_dataset,
+                               batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
+                               device=device, rank=rank, world_size=world_size, progress=progress, sync=sync,
+                               logger=logger, prefetch_factor=prefetch_factor, autocast_dtype=autocast_dtype)
+
+
+def _complete(out_dir: Path, rank: int, logger: logging.Logger) -> bool:
+    if not (out_dir / META_FILE).is_file():
+        return False
+    load_index(out_dir)  # a complete index is there (published atomically); check it opens
+    if rank == 0:
+        logger.info("ImageNet index already built: %s", out_dir)
+    return True
+
+
+def _build_unlocked(paths: list[str], names: list[str], embed_fn: Callable, out_dir: Path, meta: dict[str, Any], *,
+                    make_dataset: Callable, batch_size: int, num_workers: int, shard_size: int, device: Any,
+                    rank: int, world_size: int, progress: bool, sync: Callable[[], None], logger: logging.Logger,
+                    prefetch_factor: int, autocast_dtype: torch.dtype) -> Path:
     plan = json.dumps({"paths": paths, "shard_size": shard_size, "meta": meta}, sort_keys=True, default=str)
     work = out_dir.parent / f".{out_dir.name}.partial-{hashlib.sha1(plan.encode()).hexdigest()[:12]}"
     work.mkdir(parents=True, exist_ok=True)

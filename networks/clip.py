@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -17,7 +16,8 @@ from typing import Any, Callable, Optional, Union
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, convert_weights_to_lp
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIP, build_model_from_openai_state_dict, convert_weights_to_lp, get_cast_dtype
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
@@ -27,6 +27,7 @@ from utils.io import describe_exception
 from utils.normalisation import CLIP_MEAN, CLIP_STD
 
 from .clip_registry import ClipSpec, get_clip
+from .torchscript_reader import TorchScriptArchiveError, read_torchscript_state_dict
 from .weights import freeze, is_torchscript_archive, load_state_dict_file, load_strict, resolve_weights, weights_source
 
 logger = logging.getLogger("reco.networks")
@@ -45,7 +46,7 @@ def build_clip(
     """An open_clip CLIP (image and text towers, eval mode, frozen) and its tokenizer.
 
     arch: a registered name ('ViT-L/14@336px', 'RN50x16', 'ViT-B/16-SigLIP', ...) or its open_clip name.
-    weights: an OpenAI TorchScript archive (loaded by open_clip.openai.load_openai_model, QuickGELU), a
+    weights: an OpenAI TorchScript archive (its state dict read without running its code, QuickGELU), a
         plain state-dict file (loaded strictly), a folder holding an open_clip release (open_clip_config.json,
         weights, tokenizer files), one of the spec's open_clip pretrained tags such as 'openai' (downloads;
         online only), or 'random' (seeded by torch's current RNG). `key` is the config key named in errors.
@@ -185,14 +186,25 @@ def _finalise(model: CLIP, device: torch.device, precision: str) -> CLIP:
 
 
 def _from_openai_archive(path: Path, device: torch.device, precision: str, key: str) -> CLIP:
+    """An OpenAI release (a TorchScript archive) rebuilt from its state dict, as open_clip's loader does
+    after torch.jit.load, but read by networks.torchscript_reader: none of the archive's code runs."""
     try:
-        with warnings.catch_warnings():
-            # torch.jit.load is deprecated, but it is the only reader of OpenAI's archives.
-            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*")
-            return open_clip.openai.load_openai_model(str(path), precision=precision, device=str(device))
-    except Exception as error:
+        state_dict = read_torchscript_state_dict(path)
+    except TorchScriptArchiveError as error:
+        raise ConfigError(f"{key}: {path}: {error}") from None
+    try:
+        model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True,
+                                                   cast_dtype=get_cast_dtype(precision))
+    except (KeyError, RuntimeError, AssertionError, ValueError, IndexError) as error:
         raise ConfigError(f"{key}: cannot load {path} as an OpenAI CLIP checkpoint "
-                          f"({describe_exception(error)})") from error
+                          f"({describe_exception(error)})") from None
+    model = model.to(device)
+    if precision != "fp16":  # the archive's weights are partly fp16: fp32 everywhere, then bf16 if asked
+        model.float()
+        if precision == "bf16":
+            convert_weights_to_lp(model, dtype=torch.bfloat16)
+    model.visual.image_mean, model.visual.image_std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    return model
 
 
 def _from_tag(spec: ClipSpec, tag: str, device: torch.device, precision: str, key: str) -> nn.Module:

@@ -21,6 +21,23 @@ from utils.registry import Registry
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
+def open_clip_config(name: str) -> dict[str, Any]:
+    """The CLIP constructor arguments of open_clip's model config `name` (without its activation flag)."""
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(f"open_clip {open_clip.__version__} has no config for {name!r}")
+    config.pop("quick_gelu", None)
+    return config
+
+
+def open_clip_architecture(spec: "ClipSpec", precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The default builder: OpenAI-style CLIPs are built here (QuickGELU, their weights' activation); others
+    (SigLIP: timm image tower, custom text tower) by open_clip itself."""
+    if spec.quick_gelu:
+        return CLIP(**open_clip_config(spec.open_clip_name), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+    return open_clip.create_model(spec.open_clip_name, pretrained=None, precision="fp32", device=device)
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """One CLIP.
@@ -60,7 +77,7 @@ class ClipSpec:
     hf_tokenizer: bool = False
     index_resize: str = "crop"
     build: Callable[["ClipSpec", str, Union[str, torch.device]], nn.Module] = field(
-        default=lambda spec, precision, device: open_clip_architecture(spec, precision, device), compare=False)
+        default=open_clip_architecture, compare=False)
     test_only: bool = False
     fixed_weights: bool = False
 
@@ -78,28 +95,24 @@ class ClipSpec:
                 + ") or a state-dict file")
 
 
-def open_clip_config(name: str) -> dict[str, Any]:
-    """The CLIP constructor arguments of open_clip's model config `name` (without its activation flag)."""
-    config = open_clip.get_model_config(name)
-    if config is None:
-        raise ValueError(f"open_clip {open_clip.__version__} has no config for {name!r}")
-    config.pop("quick_gelu", None)
-    return config
-
-
-def open_clip_architecture(spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """The default builder: OpenAI-style CLIPs are built here (QuickGELU, their weights' activation); others
-    (SigLIP: timm image tower, custom text tower) by open_clip itself."""
-    if spec.quick_gelu:
-        return CLIP(**open_clip_config(spec.open_clip_name), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
-    return open_clip.create_model(spec.open_clip_name, pretrained=None, precision="fp32", device=device)
-
-
-def tiny_clip(config: Mapping[str, Any]) -> Callable[[ClipSpec, str, Union[str, torch.device]], nn.Module]:
+@dataclass(frozen=True)
+class tiny_clip:  # noqa: N801  (used as a builder function: build=tiny_clip(config))
     """The builder of a test CLIP from CLIP constructor arguments (QuickGELU, as the OpenAI-style ones)."""
-    def build(spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
-        return CLIP(**copy.deepcopy(dict(config)), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
-    return build
+
+    config: Mapping[str, Any]
+
+    def __call__(self, spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
+        return CLIP(**clip_config(spec), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+
+
+def clip_config(spec: ClipSpec) -> Optional[dict[str, Any]]:
+    """The CLIP constructor arguments an entry is built from (a copy): its tiny_clip config, or open_clip's
+    config for the default builder; None for an entry with a builder of its own."""
+    if isinstance(spec.build, tiny_clip):
+        return copy.deepcopy(dict(spec.build.config))
+    if spec.build is open_clip_architecture:
+        return open_clip_config(spec.open_clip_name)
+    return None
 
 
 def _openai(name: str, open_clip_name: str, image_size: int, embed_dim: int, dense: bool = False) -> ClipSpec:

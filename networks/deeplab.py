@@ -22,9 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from utils.io import describe_exception
 from utils.registry import Registry
 
-from .weights import weights_source
+from .weights import refuse_torchscript_archive, weights_source
 
 _TORCHVISION_ENUMS = {"resnet101": "ResNet101_Weights", "resnet50": "ResNet50_Weights",
                       "mobilenet": "MobileNet_V2_Weights"}
@@ -219,7 +220,12 @@ def _load_backbone_weights(model: nn.Module, backbone: str, weights: str) -> Non
         if source != "file":
             raise ValueError(f"{WEIGHTS_KEY}: file not found: {path} (a torchvision {backbone} ImageNet "
                              "checkpoint, e.g. resnet101-63fe2227.pth)")
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        refuse_torchscript_archive(path, WEIGHTS_KEY, f"a torchvision {backbone} ImageNet state-dict file")
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load raises many types on a file that is not a checkpoint
+            raise ValueError(f"{WEIGHTS_KEY}: cannot read {path} as a PyTorch checkpoint "
+                             f"({describe_exception(e)})") from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
         source = str(path)

@@ -89,6 +89,14 @@ def is_torchscript_archive(path: Union[str, os.PathLike]) -> bool:
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+def refuse_torchscript_archive(path: Union[str, os.PathLike], key: str, expected: str) -> None:
+    """One ConfigError naming `key` and the file when `path` is a TorchScript archive: it carries code,
+    and only the OpenAI CLIP releases are read from one (networks.torchscript_reader, nothing run)."""
+    if is_torchscript_archive(path):
+        raise ConfigError(f"{key}: {path} is a TorchScript archive (it carries code), not loaded; "
+                          f"expected {expected}")
+
+
 def load_state_dict_file(
     path: Union[str, os.PathLike],
     key: str,
@@ -99,6 +107,7 @@ def load_state_dict_file(
     Accepts a bare state dict or one nested under one of `nested_keys` (e.g. DeiT's {"model": sd},
     open_clip training checkpoints' {"state_dict": sd}); a common 'module.' prefix (DDP) is removed.
     """
+    refuse_torchscript_archive(path, key, "a state-dict file written by torch.save")
     try:
         if Path(path).suffix == ".safetensors":  # the format of timm / Hugging Face hub releases
             from safetensors.torch import load_file

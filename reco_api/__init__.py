@@ -7,7 +7,8 @@
 `python -m reco_api.demo --config CFG` serves the same model as a local web page.
 """
 from datasets.images import MAX_IMAGE_PIXELS, MAX_INFERENCE_PIXELS, ImageTooLargeError, ImageTooThinError
-from reco_api.model import ReCo, check_categories
+from reco_api.class_names import check_categories
+from reco_api.model import ReCo
 from reco_api.result import Segmentation
 
 __all__ = ["ReCo", "Segmentation", "check_categories", "ImageTooLargeError", "ImageTooThinError",

@@ -26,6 +26,7 @@ from entry.reco_common import (
 from reco_api.config_checks import check_reco_names, reco_config
 from reco.inference import predict
 from reco.references import stack_references
+from reco_api.class_names import check_categories, check_segmentation_classes
 from reco_api.result import Segmentation
 from utils.config import RecoConfig, check_device_name, effective
 from utils import timing
@@ -36,32 +37,6 @@ from utils.visualise import label_palette
 # progress(fraction in [0, 1], message): called while new classes are retrieved and co-segmented and
 # while images are segmented (the web demo shows it).
 Progress = Callable[[float, str], None]
-
-MAX_CATEGORIES = 255  # class indices are stored in 8-bit masks
-
-
-def check_categories(categories: Union[str, Sequence[str]]) -> list[str]:
-    """Class names, stripped: a list, or one comma-separated string ("cat, grass").
-
-    An empty list, an empty name, a duplicate or more than 255 names is a ValueError saying which.
-    """
-    if isinstance(categories, str):
-        categories = categories.split(",")
-    names = []
-    for name in categories:
-        if not isinstance(name, str):
-            raise ValueError(f"class names must be strings, got {name!r}")
-        names.append(name.strip())
-    if not names or names == [""]:
-        raise ValueError("no class names given: name at least one class, e.g. ['cat', 'grass']")
-    if any(not name for name in names):
-        raise ValueError(f"empty class name in {names}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate class names {duplicates}")
-    if len(names) > MAX_CATEGORIES:
-        raise ValueError(f"at most {MAX_CATEGORIES} classes fit an 8-bit mask, got {len(names)}")
-    return names
 
 
 class ReCo:
@@ -165,10 +140,12 @@ class ReCo:
                       crf: Optional[bool] = None, progress: Optional[Progress] = None) -> list[Segmentation]:
         """Segment several images into the same classes; images of equal inference size are batched
         (`batch_size` at a time). Every image is read and checked before any model runs."""
-        names = check_categories(categories)
+        names = check_segmentation_classes(categories)
         pictures = [own.to_rgb_image(image, self.max_image_pixels) for image in images]
         if not pictures:
             return []
+        for picture in pictures:  # a too elongated image: ImageTooThinError before any model runs
+            own.inference_size(picture.width, picture.height, self.config.image_short_side, self.max_inference_pixels)
         matrix = self.references(names, progress)
         text = self._text_embeddings(names)
         dense_clip = self.dense.dense_clip if text is not None else None

@@ -194,7 +194,7 @@ def test_n_imgs_larger_than_the_index_for_own_images(tmp_path, capsys, monkeypat
 
     monkeypatch.setattr(networks, "build_encoder", lambda *a, **k: pytest.fail("model built before the check"))
     argv = ["--config", str(reco_yaml(tmp_path, n_imgs=50)), "--images", str(tmp_path / "photos"),
-            "--categories", "sky", "--out", str(tmp_path / "out")]
+            "--categories", "sky,car", "--out", str(tmp_path / "out")]
     assert main_reco.main(argv) == 2
     (line,) = error_lines(capsys)
     assert "n_imgs: 50 images per category asked for" in line

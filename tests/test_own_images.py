@@ -91,6 +91,27 @@ def test_per_category_cache_makes_a_new_class_cheap(tmp_path, colour_setup, monk
     assert computed == ["fence"]  # vegetation -> tree, person is a context: only fence is new
 
 
+def test_many_unreadable_images_are_counted_not_logged_one_by_one(tmp_path, colour_setup):
+    photos = tmp_path / "photos"
+    write_scenes(photos, sizes=((40, 60),))
+    Image.open(photos / "scene0.jpg").save(photos / "scene0.png")  # same stem: both keep their extension
+    for i in range(8):
+        (photos / f"broken{i}.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    argv = ["--config", str(colour_setup), "--images", str(photos), "--categories", "sky,car", "--out", str(out),
+            "--no-crf"]
+    assert main_reco.main(argv) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["skipped"]) == 8  # all listed
+    assert sorted(summary["images"]) == ["scene0_jpg", "scene0_png"]
+    assert (out / "masks" / "scene0_jpg.png").is_file() and (out / "masks" / "scene0_png.png").is_file()
+    log = (out / "reco.log").read_text()
+    assert log.count("skipped cannot read image") == 5
+    assert log.count("more than 5 images skipped") == 1
+    assert "8 unreadable images skipped (listed in summary.json)" in log
+
+
 @pytest.mark.parametrize("case, message", [
     ("empty", "no images found"),
     ("duplicate", "duplicate class names ['sky']"),

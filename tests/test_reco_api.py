@@ -229,12 +229,12 @@ def test_single_image_file_and_no_half_made_output(tmp_path, colour_setup, monke
     broken = tmp_path / "broken.yaml"
     broken.write_text(colour_setup.read_text().replace(config.dir_imagenet, str(tmp_path / "no_imagenet")))
     for target in (out, tmp_path / "new" / "out"):
-        argv = ["--config", str(broken), "--images", str(image), "--categories", "zebra", "--out", str(target)]
+        argv = ["--config", str(broken), "--images", str(image), "--categories", "zebra,okapi", "--out", str(target)]
         assert main_reco.main(argv) == 2
     assert not (tmp_path / "new").exists()
     not_an_image = tmp_path / "photo.jpg"
     not_an_image.write_text("text")
-    assert main_reco.main(["--config", str(colour_setup), "--images", str(not_an_image), "--categories", "sky",
+    assert main_reco.main(["--config", str(colour_setup), "--images", str(not_an_image), "--categories", "sky,car",
                            "--out", str(tmp_path / "new" / "out")]) == 2
     assert "cannot read image" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "reco.log"} == before

@@ -83,7 +83,7 @@ def _hold(folder: Path) -> subprocess.Popen:
 def test_folder_lock_names_the_holder_and_is_free_once_it_dies(tmp_path):
     holder = _hold(tmp_path / "f")
     try:
-        with pytest.raises(FolderInUseError, match=rf"test folder .*/f is in use by another process \(PID {holder.pid}\)"):
+        with pytest.raises(FolderInUseError, match=rf"test folder is in use by another process \(PID {holder.pid}\)"):
             with folder_lock(tmp_path / "f", "test folder"):
                 pass
         told = []
@@ -97,6 +97,7 @@ def test_folder_lock_names_the_holder_and_is_free_once_it_dies(tmp_path):
         holder.wait()
     with folder_lock(tmp_path / "f", "test folder"):  # a killed holder leaves nothing to clean up
         assert (tmp_path / "f" / ".lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / "f" / ".lock").exists()  # removed by its holder
 
 
 def test_second_training_in_the_same_run_directory_stops(cityscapes_tree, tmp_path, capsys):
@@ -142,3 +143,18 @@ def test_a_replaced_backbone_file_is_another_setting(cityscapes_tree, tmp_path):
     after = training_setting(load_reco_plus_config(cfg))
     with pytest.raises(ConfigError, match="weights.backbone: 'sha256:"):
         check_same_setting(tmp_path / "last.pt", before, after)
+
+
+def test_every_missing_input_in_one_message(cityscapes_tree, tmp_path, capsys):
+    cfg = _config(cityscapes_tree, tmp_path / "m.yaml", tmp_path / "m", dir_dataset=str(tmp_path / "no_data"),
+                  dir_pseudo_masks=str(tmp_path / "no_masks"), weights={"backbone": str(tmp_path / "no.pth")})
+    assert main_reco_plus.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "m.yaml: 3 inputs of this run are missing:" in err
+    for expected in ("dir_dataset: directory not found", "dir_pseudo_masks: directory not found",
+                     "weights.backbone: file not found"):
+        assert expected in err
+    assert not (tmp_path / "m").exists()
+    assert main_reco_plus.main(["--config", str(cfg), "--weights", str(tmp_path / "w.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "2 inputs of this run are missing" in err and "--weights: file not found" in err

@@ -137,7 +137,8 @@ def test_request_handler_and_command_line(tmp_path, colour_setup, monkeypatch):
     assert any(desc.startswith("co-segmenting") for desc in updates)  # the page shows these
 
     for path, classes, message in [(None, "sky", "Upload an image first"), (str(image), " ", "no class names"),
-                                   (str(tmp_path), "sky", "cannot read image")]:
+                                   (str(tmp_path), "sky, car", "cannot read image"),
+                                   (str(image), "cat grass sky", "separate them with commas")]:
         with pytest.raises(gr.Error, match=message):
             web.segment_request(model, path, classes, False)
 

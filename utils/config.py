@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
 from utils.config_schema import (ConfigError, build_dataclass, check_declared, effective,  # noqa: F401
                                  key, load_yaml_dataclass)  # (ConfigError and effective: used from here)
-from utils.naming import slug
+from utils.naming import file_name_problem, slug
 
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
@@ -40,6 +40,18 @@ def _check_synonyms(synonyms: list[str], key_name: str) -> None:
         raise ConfigError(f"'{key_name}' must be a non-empty list of non-empty names")
     if len(set(synonyms)) != len(synonyms):
         raise ConfigError(f"'{key_name}' repeats names: {synonyms}")
+
+
+SUFFIX_MAX_BYTES = 64
+
+
+def check_suffix(suffix: str, key_name: str = "suffix") -> None:
+    """`suffix` (also --suffix) ends up in run-directory and reference-pickle names: it must not name
+    another folder ('../x') nor make a name longer than file systems allow."""
+    problem = file_name_problem(suffix, SUFFIX_MAX_BYTES)
+    if problem:
+        raise ConfigError(f"suffix (--suffix): {suffix!r} becomes part of run-directory and pickle names, but "
+                          f"{problem}; use letters, digits, '-' and '_'")
 
 
 def _check_finite(value: float, key_name: str) -> None:
@@ -137,7 +149,7 @@ class RecoConfig:
     device: str = key("auto", check=check_device_name, allowed=DEVICE_NAMES,
                       doc="where models run (anything else fails when the config loads)")
     seed: int = key(0, doc="seeds Python, NumPy and torch")
-    suffix: str = key("", doc="appended to the experiment name after one `_` (`try` and `_try` both give "
+    suffix: str = key("", check=check_suffix, allowed="a file-name part (no `/`, at most 64 bytes)", doc="appended to the experiment name after one `_` (`try` and `_try` both give "
                       "`..._try`; the original `--suffix`)")
     crf_backend: str = key("auto", names="crf_backend", doc="`torch` (the PyTorch port, on CPU and CUDA); or "
                            "`pydensecrf`; or any backend registered with `utils.crf.register_crf_backend`")

@@ -1,0 +1,126 @@
+"""Kill a run at every commit point: SIGKILL right after its N-th rename, for every N.
+
+`kill_at_every_rename(spec)` runs `python tests/kill_points.py SPEC.json` once. That process imports the
+entry module once, then, for each N, resets the folders named in the spec, forks a child that runs the
+command with os.replace / os.rename (and the folder swap) wrapped to SIGKILL itself right after the
+N-th one, snapshots the folders, and forks a second child that runs the command again uninterrupted and
+snapshots them again. N = 0 counts the renames of one uninterrupted run. Forking after the imports keeps
+each run at the cost of the work itself (no interpreter start, no torch import); the parent never runs a
+torch operation, so the children's thread pools start fresh.
+
+Spec (JSON): {"module": "main_reco", "argv": [...], "reset": [[src, dst], ...] (dst replaced by a copy of
+src, or removed when src is null), "snapshot": [folder, ...], "ignore": [file name, ...], "preload":
+[module, ...], "warm_up": bool}. Result: the
+count, and per N the snapshots {relative path: sha256} after the kill and after the re-run.
+
+A new writer gets the same test by adding its command to a test's list (tests/test_kill_points.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snapshot(folder: Path, ignore: list[str]) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` ({} if it is absent)."""
+    if not folder.is_dir():
+        return {}
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in ignore}
+
+
+def _child(module: object, argv: list[str], kill_after: int, count_file: Path) -> None:
+    count = [0]
+
+    def wrap(function):
+        def wrapped(*args, **kwargs):
+            result = function(*args, **kwargs)
+            if result is not False:  # exchange_paths answers False when it did nothing
+                count[0] += 1
+                if count[0] == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return result
+        return wrapped
+
+    import utils.folder_swap as folder_swap
+    os.replace, os.rename = wrap(os.replace), wrap(os.rename)
+    folder_swap.exchange_paths = wrap(folder_swap.exchange_paths)
+    try:
+        code = module.main(argv)
+    except SystemExit as e:
+        code = e.code
+    count_file.write_text(str(count[0]))
+    os._exit(int(code or 0))
+
+
+def _run(module: object, argv: list[str], kill_after: int, count_file: Path) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _child(module, argv, kill_after, count_file)
+        finally:
+            os._exit(70)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _reset(pairs: list[list]) -> None:
+    for src, dst in pairs:
+        dst = Path(dst)
+        if dst.exists():
+            shutil.rmtree(dst)
+        if src is not None:
+            shutil.copytree(src, dst)
+
+
+def main(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    sys.path.insert(0, str(REPO))
+    for name in spec.get("preload", []):  # heavy imports once, in the parent (no torch op runs here)
+        importlib.import_module(name)
+    module = importlib.import_module(spec["module"])
+    count_file = Path(spec_path).with_suffix(".count")
+    ignore = spec.get("ignore", [])
+    folders = [Path(f) for f in spec["snapshot"]]
+    _reset(spec.get("reset", []))
+    if spec.get("warm_up"):  # one run first, so that the counted runs find the caches it fills
+        _run(module, spec["argv"], 0, count_file)
+        _reset(spec.get("reset", []))
+    code = _run(module, spec["argv"], 0, count_file)
+    total = int(count_file.read_text())
+    results = {"count": total, "uninterrupted_rc": code,
+               "uninterrupted": [snapshot(f, ignore) for f in folders], "points": {}}
+    for n in spec.get("points") or range(1, total + 1):
+        _reset(spec.get("reset", []))
+        killed = _run(module, spec["argv"], n, count_file)
+        after_kill = [snapshot(f, ignore) for f in folders]
+        rerun = _run(module, spec["argv"], -1, count_file)
+        results["points"][str(n)] = {"killed_rc": killed, "after_kill": after_kill, "rerun_rc": rerun,
+                                     "after_rerun": [snapshot(f, ignore) for f in folders]}
+    Path(spec_path).with_suffix(".result.json").write_text(json.dumps(results))
+
+
+def kill_at_every_rename(spec: dict, work: Path, timeout: int = 600) -> dict:
+    """Run the spec in a fresh process (see the module's docstring) and return its result."""
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "kill_spec.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + str(REPO / "tests"))
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(path)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"kill-point runner failed:\n{done.stderr[-4000:]}")
+    return json.loads(path.with_suffix(".result.json").read_text())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
