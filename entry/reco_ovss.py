@@ -166,7 +166,8 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
             if i < config.n_visualisations and j == 0:
                 with timing.stage("writing"):
                     rgb = denormalise_image(batch["image"][:1])[0]
-                    save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette)
+                    save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette,
+                                protocol.class_names)
 
     results = named_scores(scores.scores(), protocol.class_names)
     results_crf = named_scores(scores_crf.scores(), protocol.class_names)
