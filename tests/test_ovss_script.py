@@ -38,7 +38,7 @@ def test_shipped_configs_load_and_name_every_benchmark():
     from datasets import metadata
     from datasets.registry import BENCHMARKS
     from entry.reco_ovss import ovss_protocol
-    from entry.validation import check_reco_names
+    from reco_api.config_checks import check_reco_names
     from utils.config import load_reco_config
 
     for name in BENCHMARKS.names(lambda spec: spec.protocol == "ovss"):
@@ -46,3 +46,12 @@ def test_shipped_configs_load_and_name_every_benchmark():
         assert config.dataset_name == name and config.slide_window == 224 and config.slide_stride == 112
         assert config.eval_short_side == {"cityscapes19": 560, "coco_stuff171": 448}.get(name, 336)
         assert ovss_protocol(config).class_names == metadata.eval_categories(name)
+
+
+def test_default_benchmark_list_comes_from_the_registry(tmp_path):
+    from datasets.registry import benchmark_names
+
+    result = run([], tmp_path)  # no configs there: the first default benchmark is reported with the list
+    names = benchmark_names("ovss")
+    assert len(names) == 8 and result.returncode == 2, result.stderr
+    assert f"reco_{names[0]}.yaml" in result.stderr and f"known: {' '.join(names)})" in result.stderr
