@@ -20,7 +20,7 @@ from typing import Any, Literal, Optional
 
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
 from utils.config_schema import (ConfigError, build_dataclass, check_declared, effective,  # noqa: F401
-                                 key, load_yaml_dataclass)  # (ConfigError and effective: used from here)
+                                 key, load_yaml_dataclass, shown_path)  # (ConfigError and effective: used from here)
 from utils.naming import file_name_problem, slug
 
 
@@ -40,6 +40,16 @@ def _check_synonyms(synonyms: list[str], key_name: str) -> None:
         raise ConfigError(f"'{key_name}' must be a non-empty list of non-empty names")
     if len(set(synonyms)) != len(synonyms):
         raise ConfigError(f"'{key_name}' repeats names: {synonyms}")
+
+
+def _check_names(names: list[str], key_name: str) -> None:
+    """A list of class names: none empty, none repeated (an empty list is allowed)."""
+    empty = [i for i, name in enumerate(names) if not name.strip()]
+    if empty:
+        raise ConfigError(f"'{key_name}' has an empty name at position {empty[0]}: {names}")
+    repeated = sorted({name for i, name in enumerate(names) if name in names[:i]})
+    if repeated:
+        raise ConfigError(f"'{key_name}' repeats {repeated}: each name once")
 
 
 SUFFIX_MAX_BYTES = 64
@@ -138,7 +148,8 @@ class RecoConfig:
     batch_size: int = key(16, range=">= 1", doc="evaluation batch size (KITTI-STEP batches images of equal size "
                           "together)")
     context_categories: list[str] = key(default_factory=lambda: list(PAPER_CONTEXT_CATEGORIES),
-                                        shown_default=", ".join(PAPER_CONTEXT_CATEGORIES),
+                                        shown_default=", ".join(PAPER_CONTEXT_CATEGORIES), check=_check_names,
+                                        allowed="distinct non-empty names",
                                         doc="context elimination categories, in order")
     context_elimination: bool = key(True, doc="adds `_ce` to the experiment name")
     n_imgs: int = key(50, range=">= 1", doc="k, the number of retrieved images per category")
@@ -188,6 +199,9 @@ class RecoConfig:
 
     def __post_init__(self) -> None:
         check_declared(self)
+        if self.context_elimination and not self.context_categories:
+            raise ConfigError("'context_categories' is empty while context_elimination is true: name the "
+                              "context categories, or set context_elimination: false")
         if self.slide_window is not None and not 1 <= self.slide_stride <= self.slide_window:
             raise ConfigError(f"'slide_stride' must be between 1 and slide_window ({self.slide_window}), "
                               f"got {self.slide_stride}: windows would leave pixels uncovered")
@@ -265,7 +279,8 @@ class RecoPlusConfig:
 
 def load_reco_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoConfig:
     """Read a ReCo YAML file; `overrides` (e.g. from the command line) replace its values."""
-    return load_yaml_dataclass(RecoConfig, path, overrides)
+    return load_yaml_dataclass(RecoConfig, path, overrides,
+                               other=(RecoPlusConfig, "a ReCo+ config: run it with main_reco_plus.py"))
 
 
 def reco_config_from_dict(raw: dict[str, Any]) -> RecoConfig:
@@ -280,7 +295,8 @@ def reco_plus_config_from_dict(raw: dict[str, Any]) -> RecoPlusConfig:
 
 def load_reco_plus_config(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None) -> RecoPlusConfig:
     """Read a ReCo+ YAML file; `overrides` replace its values."""
-    return load_yaml_dataclass(RecoPlusConfig, path, overrides)
+    return load_yaml_dataclass(RecoPlusConfig, path, overrides,
+                               other=(RecoConfig, "a ReCo config: run it with main_reco.py"))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -295,7 +311,7 @@ def require_dir(config: Any, key: str) -> Path:
         raise ConfigError(f"{key}: not set in the config")
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"{key}: directory not found: {path}")
+        raise ConfigError(f"{key}: directory not found: {shown_path(path)}")
     return path
 
 
@@ -305,5 +321,5 @@ def require_file(key: str, value: Optional[str], what: str = "") -> Path:
         raise ConfigError(f"{key}: not set in the config{f' (expected {what})' if what else ''}")
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{key}: file not found: {path}{f' (expected {what})' if what else ''}")
+        raise ConfigError(f"{key}: file not found: {shown_path(path)}{f' (expected {what})' if what else ''}")
     return path

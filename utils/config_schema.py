@@ -10,6 +10,7 @@ Every error is a `ConfigError` naming the dotted key. The project's config class
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -103,16 +104,39 @@ def check_declared(config: Any, prefix: str = "") -> None:
             f.metadata["check"](value, prefix + f.name)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            name = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if name in seen:
+                raise ConfigError(f"key '{name}' is given twice (lines {seen[name]} and {line}); keep one")
+            seen[name] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as a message shows it: a relative path with the absolute one it stands for, since relative
+    paths are taken from the working directory."""
+    path = Path(path).expanduser()
+    return str(path) if path.is_absolute() else f"{path} (= {path.absolute()}, relative to the working directory)"
+
+
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """The top-level mapping of the YAML file `path`; errors name the file."""
+    """The top-level mapping of the YAML file `path`; errors name the file. A key given twice is an error."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {shown_path(path)}")
     with open(path) as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
@@ -120,9 +144,14 @@ def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_yaml_dataclass(cls: type, path: str | os.PathLike, overrides: Optional[dict[str, Any]],
-                        check: Callable[[Any], None] = lambda config: None) -> Any:
-    """`cls` built from the YAML file `path` (plus non-None `overrides`), then `check`ed; errors name the file."""
+                        check: Callable[[Any], None] = lambda config: None,
+                        other: Optional[tuple[type, str]] = None) -> Any:
+    """`cls` built from the YAML file `path` (plus non-None `overrides`), then `check`ed; errors name the file.
+    other: (another config class, what to say) when the file's keys are that class's rather than cls's
+    (a ReCo+ config given to main_reco.py)."""
     raw = read_yaml_mapping(path)
+    if other is not None:
+        _check_not_other(cls, raw, *other)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         config = build_dataclass(cls, raw, prefix="")
@@ -132,14 +161,26 @@ def load_yaml_dataclass(cls: type, path: str | os.PathLike, overrides: Optional[
         raise ConfigError(f"{path}: {e}") from None
 
 
+def _check_not_other(cls: type, raw: dict[str, Any], other: type, what: str) -> None:
+    """ConfigError saying `what` when the file's unknown keys are all keys of `other`."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    theirs = {f.name for f in dataclasses.fields(other)}
+    unknown = sorted(set(map(str, raw)) - own)
+    if unknown and set(unknown) <= theirs:
+        shown = ", ".join(f"'{k}'" for k in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise ConfigError(f"this is {what} (its keys {shown} are not keys of this program's config)")
+
+
 def build_dataclass(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     """`cls` from a mapping of its field names: unknown, missing or mistyped keys raise ConfigError naming
     the key. The declared ranges and checks run in the top-level class's __post_init__ (`check_declared`),
     so a config built directly in Python is checked too."""
     fields = {f.name: (f, tp) for f, tp in declared(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (known keys: {', '.join(sorted(fields))})")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.7)
+        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' ({hint}known keys: {', '.join(sorted(fields))})")
     values = {}
     for name, (f, tp) in fields.items():
         key_name = prefix + name
