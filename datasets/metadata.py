@@ -20,9 +20,6 @@ from .registry import BENCHMARKS, BenchmarkSpec, get_benchmark
 
 METADATA_DIR = Path(__file__).resolve().parent / "metadata"
 
-# The open-vocabulary benchmarks (datasets/ovss.py), as registered: with background first, then without.
-OVSS_DATASET_NAMES: tuple[str, ...] = tuple(name for name, spec in BENCHMARKS.items() if spec.protocol == "ovss")
-
 N_COCO_STUFF_LABEL_IDS = 182  # 0-based ids in the COCO-Stuff PNG labels (11 of them unused)
 
 

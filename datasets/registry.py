@@ -3,7 +3,7 @@
 A spec says where the reader is and where the class lists, palette and prediction -> scored-class
 mapping come from; `datasets.metadata` and `datasets.benchmarks.build_benchmark` read only this table.
 Readers and metadata are referenced lazily ("module:attribute" strings and JSON file names), because
-the reader modules import `datasets.benchmarks`, which must not import them back at import time.
+the reader and metadata modules import this registry: it names them and never imports them.
 
 To add a benchmark: write its reader (a `BenchmarkDataset` subclass taking `(spec, root, split)`), put its
 class list and palette into `datasets/metadata/`, and add one `BenchmarkSpec(...)` to `_SPECS` below
@@ -14,20 +14,20 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
+from torch.utils.data import Dataset
 
+from utils.palette import voc_colormap
 from utils.registry import Registry
 
 from .ovss_layout import VOC2010_CONTEXT, VOC2012, OvssLayout
 
-if TYPE_CHECKING:  # only for annotations: the base class module imports this one
-    from .benchmarks import BenchmarkDataset
-
-# A reader is a callable (spec, root, split) -> BenchmarkDataset, or "module:attribute" naming one; it
-# receives its own spec (name, splits, layout) rather than repeating its registry name.
-Reader = Union[str, Callable[["BenchmarkSpec", Union[str, os.PathLike], str], "BenchmarkDataset"]]
+# A reader is a callable (spec, root, split) -> the split's dataset (a datasets.benchmarks.BenchmarkDataset),
+# or "module:attribute" naming one; it receives its own spec (name, splits, layout) rather than repeating
+# its registry name.
+Reader = Union[str, Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]]
 # Metadata is a JSON file name in datasets/metadata/, or a zero-argument loader returning the value.
 Names = Union[str, Callable[[], Sequence[str]]]
 Colours = Union[str, Callable[[], np.ndarray]]
@@ -79,20 +79,25 @@ class BenchmarkSpec:
         if (self.protocol == "ovss") != (self.layout is not None):
             raise ValueError(f"benchmark {self.name!r}: an 'ovss' benchmark needs a layout, and only it has one")
 
-    def build(self, root: Union[str, os.PathLike], split: str) -> "BenchmarkDataset":
+    def build(self, root: Union[str, os.PathLike], split: str) -> Dataset:
         """The reader of `split` under `root`; an undeclared split is a ValueError listing the declared ones."""
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; known: {', '.join(self.splits)}")
         return resolve_reader(self.reader)(self, root, split)
 
 
-def resolve_reader(reader: Reader) -> Callable[["BenchmarkSpec", Union[str, os.PathLike], str], "BenchmarkDataset"]:
+def resolve_reader(reader: Reader) -> Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]:
     """A reader callable, importing "module:attribute" on first use."""
     if callable(reader):
         return reader
-    module, _, attribute = reader.partition(":")
+    return _named(reader)
+
+
+def _named(target: str) -> Any:
+    """The attribute that "module:attribute" names, its module imported on first use."""
+    module, _, attribute = target.partition(":")
     if not module or not attribute:
-        raise ValueError(f"reader {reader!r} must be a callable or 'module:attribute'")
+        raise ValueError(f"reader {target!r} must be a callable or 'module:attribute'")
     return getattr(importlib.import_module(module), attribute)
 
 
@@ -132,25 +137,13 @@ def _ovss(name: str, description: str, layout: OvssLayout) -> BenchmarkSpec:
     and query names from its JSON (layout.class_list, default datasets/metadata/ovss_{name}.json), the
     PASCAL VOC colour map. Adding one is one `_ovss(...)` entry plus its class-list JSON."""
 
-    def read(spec: BenchmarkSpec, root: Union[str, os.PathLike], split: str) -> "BenchmarkDataset":
-        from .ovss import OvssBenchmark
-
-        return OvssBenchmark(spec, root, split)
-
-    def metadata():  # imported when used: datasets.metadata imports this module
-        from . import metadata
-
-        return metadata
-
-    def colours() -> np.ndarray:
-        from utils.palette import voc_colormap
-
-        return voc_colormap(256)
+    def read(spec: BenchmarkSpec, root: Union[str, os.PathLike], split: str) -> Dataset:
+        return _named("datasets.ovss:OvssBenchmark")(spec, root, split)
 
     return BenchmarkSpec(
-        name=name, reader=read, categories=lambda: metadata().ovss_query_names(name),
-        eval_categories=lambda: metadata().ovss_class_names(name), palette=colours, splits=("val",),
-        protocol="ovss", description=description, layout=layout,
+        name=name, reader=read, categories=lambda: _named("datasets.metadata:ovss_query_names")(name),
+        eval_categories=lambda: _named("datasets.metadata:ovss_class_names")(name),
+        palette=lambda: voc_colormap(256), splits=("val",), protocol="ovss", description=description, layout=layout,
     )
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -16,135 +15,112 @@ from datasets import metadata
 from datasets.benchmarks import build_benchmark
 from datasets.registry import benchmark_names, get_benchmark
 from entry.evaluation_loop import readable_batches, write_scores
-from entry.preflight import check_run_inputs
-from entry.reco_common import (InferenceModels, build_dense_clip, build_encoder, check_index_size, compute_references,
-                                inference_models)
-from entry.reference_setting import (is_paper_setting, read_sidecar, reference_experiment_name,
-                                     reference_setting, run_experiment_name, run_setting, setting_differences,
-                                     sidecar_path)
+from entry.reco_index import building_missing_index
+from entry.reco_ovss import run_ovss_benchmark
+from entry.run_dirs import cosegmentation_visualiser, reference_pickle_path, run_dir_of
 from reco.references import stack_references
-from reco.sliding import sliding_window_scores
+from reco_api.models import DenseClipModels, build_dense_clip, build_encoder, inference_models
+from reco_api.predictor import Predictor
+from reco_api.preflight import check_run_inputs
+from reco_api.reference_setting import (is_paper_setting, read_sidecar, reference_setting, run_setting,
+                                        setting_differences, sidecar_path)
+from reco_api.references import check_index_size, compute_references
+from reco_api.settings import (InferenceSettings, ReferenceSettings, crf_settings, inference_settings,
+                               reference_settings)
 from utils import timing
-from utils.config import ConfigError, RecoConfig, config_to_dict, effective
-from utils.crf import CrfSettings, denormalise_image
+from utils.config import ConfigError, RecoConfig, config_to_dict
+from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import safe_load_pickle, save_json, save_pickle, save_png
 from utils.metrics import RunningScore, named_scores
-from utils.naming import file_name_part
-from utils.visualise import save_cosegmentation, save_panels
+from utils.visualise import save_panels
 
 logger = logging.getLogger("reco")
-
-
-def run_dir_of(config: RecoConfig, split: str) -> Path:
-    """{dir_ckpt}/{dataset_name}/{split}/reco/{experiment}[_dc]/k{n_imgs:03d} (SPEC 11).
-
-    The experiment name carries a setting hash unless the setting is the paper's (entry.reference_setting).
-    """
-    return Path(config.dir_ckpt) / config.dataset_name / split / "reco" / run_experiment_name(config) / f"k{config.n_imgs:03d}"
-
-
-def reference_pickle_path(config: RecoConfig) -> Path:
-    """{dir_dataset}/{experiment}_cat_to_img_feature_k{n_imgs}.pkl, the authors' file name for the paper's
-    setting (SPEC 8); other settings add their hash to the experiment name."""
-    return Path(config.dir_dataset) / f"{reference_experiment_name(config)}_cat_to_img_feature_k{config.n_imgs}.pkl"
 
 
 def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
     if config.dataset_name is None:
         raise ConfigError(f"dataset_name: not set (known: {', '.join(benchmark_names())})")
     if get_benchmark(config.dataset_name).protocol == "ovss":
-        from entry.reco_ovss import run_ovss_benchmark
-
         return run_ovss_benchmark(config, split, references_only)
     if config.background.mode != "none":
         raise ConfigError(f"background.mode: {config.background.mode!r} applies to the open-vocabulary benchmarks "
                           f"with a background class only; {config.dataset_name} has none")
     device = resolve_device(config.device)  # a missing GPU is reported before the inputs
+    settings = reference_settings(config)
     categories = metadata.categories(config.dataset_name)
-    stale = reference_pickle_differences(config)  # None: no pickle; []: it holds this setting
+    pickle_path = reference_pickle_path(config) if config.dir_dataset is not None else None
+    stale = reference_pickle_differences(settings, pickle_path)  # None: no pickle; []: it holds this setting
     reusable = stale == []
-    check_run_inputs(config, stage="benchmark", categories=categories,
-                     reference_pickle=reference_pickle_path(config) if reusable else None)
+    check_run_inputs(settings, stage="benchmark", dir_dataset=config.dir_dataset, categories=categories,
+                     reference_pickle=pickle_path if reusable else None)
     run_dir = run_dir_of(config, split)
     setup_logging(run_dir / "reco.log")
     timing.set_output_dir(run_dir)
     logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
     if stale:
-        logger.info("recomputing %s: it was made with another setting (%s)", reference_pickle_path(config).name,
-                    "; ".join(stale))
-    setting = run_setting(config)
+        logger.info("recomputing %s: it was made with another setting (%s)", pickle_path.name, "; ".join(stale))
+    setting = run_setting(settings)
     resume = split == "train" and _may_resume(run_dir, setting)
     save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting}, sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
     if not reusable:
-        check_index_size(config)  # n_imgs against the index, before minutes of model loading
+        check_index_size(settings)  # n_imgs against the index, before minutes of model loading
 
     logger.info("loading the models")
-    encoder = build_encoder(config, device)
-    dense = build_dense_clip(config, device)
-    references = load_or_compute_references(config, categories, device, encoder, dense, run_dir, reuse=reusable)
+    encoder = build_encoder(settings.models, device)
+    dense = build_dense_clip(settings.models, device)
+    if reusable:
+        references = read_references(pickle_path, categories, encoder.embed_dim)
+    else:
+        references = building_missing_index(config, lambda: write_references(
+            settings, pickle_path, categories, device, encoder, dense, run_dir))
     if references_only:
         return {}
     with timing.stage("text"):
-        models = inference_models(config, categories, encoder, stack_references(references, categories).to(device),
-                                  dense)
-    crf = CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))
-    return evaluate(config, dataset=dataset, split=split, run_dir=run_dir, device=device, models=models, crf=crf,
-                    resume=resume)
+        models = inference_models(settings.models.dense_clip_inference, categories, encoder,
+                                  stack_references(references, categories).to(device), dense)
+    inference = inference_settings(config)
+    predictor = Predictor(models, inference, crf_settings(config, device))
+    return evaluate(config.dataset_name, dataset=dataset, split=split, run_dir=run_dir, predictor=predictor,
+                    inference=inference, n_visualisations=config.n_visualisations, device=device, resume=resume)
 
 
-def load_or_compute_references(config, categories, device, encoder, dense, run_dir, *,
-                               reuse: bool) -> dict[str, torch.Tensor]:
-    """Read the reference pickle from dir_dataset (ours or the authors') when `reuse` (see
-    reference_pickle_differences), else compute it and write it with its settings record."""
-    path = reference_pickle_path(config)
-    if reuse:
-        logger.info("reading reference embeddings from %s", path)
-        with timing.stage("references (pickle)"):
-            return check_references(safe_load_pickle(path), categories, encoder.embed_dim, path)
-    references = compute_references(config, categories, device, encoder, dense,
+def read_references(path: Path, categories: Sequence[str], dim: int) -> dict[str, torch.Tensor]:
+    """The reference pickle in dir_dataset (ours or the authors'), checked against the benchmark."""
+    logger.info("reading reference embeddings from %s", path)
+    with timing.stage("references (pickle)"):
+        return check_references(safe_load_pickle(path), categories, dim, path)
+
+
+def write_references(settings: ReferenceSettings, path: Path, categories: Sequence[str], device: torch.device,
+                     encoder: torch.nn.Module, dense: Optional[DenseClipModels],
+                     run_dir: Path) -> dict[str, torch.Tensor]:
+    """Compute the references and write the pickle with its settings record."""
+    references = compute_references(settings, categories, device, encoder, dense,
                                     on_reference=cosegmentation_visualiser(run_dir))
     # The pickle first, then its record: an interruption in between leaves a stale or missing record,
     # which the next run treats as "recompute" or "not ours", never as a match.
     with timing.stage("writing"):
         save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
-        save_json(sidecar_path(path), {"setting": reference_setting(config)}, sort_keys=True)
+        save_json(sidecar_path(path), {"setting": reference_setting(settings)}, sort_keys=True)
     logger.info("wrote reference embeddings to %s (setting in %s)", path, sidecar_path(path).name)
     return references
 
 
-def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, torch.Tensor], None]:
-    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps
-    (a name that cannot be a file name as it is gets a safe one, utils.naming.file_name_part; the title
-    keeps the real name)."""
-
-    def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
-        with timing.stage("writing"):
-            size = tuple(images.shape[-2:])
-            maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-            save_cosegmentation(run_dir / f"coseg_{file_name_part(name)}.png", denormalise_image(images[:5].cpu()),
-                                maps.cpu().numpy(), title=name)
-
-    return visualise
-
-
-def reference_pickle_differences(config: RecoConfig) -> Optional[list[str]]:
+def reference_pickle_differences(settings: ReferenceSettings, path: Optional[Path]) -> Optional[list[str]]:
     """Whether the reference pickle holds this config's setting: None when there is no pickle, [] when it
     does, else how its recorded setting differs (it is then recomputed and overwritten).
 
     Ours carries its setting in the sidecar {pickle}.meta.json. A pickle without one can only be the
     authors' published file: [] for the paper's setting, an error naming the file for any other.
     """
-    if config.dir_dataset is None:
-        return None  # reported by the preflight check
-    path = reference_pickle_path(config)
-    if not path.is_file():
+    if path is None or not path.is_file():  # no dir_dataset: reported by the preflight check
         return None
     recorded = read_sidecar(path)
     if recorded is not None:
-        return setting_differences(recorded, reference_setting(config))
-    if is_paper_setting(config, strict=True):
+        return setting_differences(recorded, reference_setting(settings))
+    if is_paper_setting(settings, strict=True):
         return []
     raise ValueError(
         f"{path} has no settings record ({sidecar_path(path).name}), so it can only be the authors' published "
@@ -192,30 +168,29 @@ def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Pat
 
 
 @torch.no_grad()
-def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path, device: torch.device,
-             models: InferenceModels, crf: CrfSettings, resume: bool = True) -> dict[str, Any]:
+def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, predictor: Predictor,
+             inference: InferenceSettings, n_visualisations: int, device: torch.device,
+             resume: bool = True) -> dict[str, Any]:
     """Predict every image, refine with the CRF, score both and (train split) save the pseudo-masks.
 
     `resume`: score pseudo-masks an earlier run of the same setting left in run_dir instead of predicting.
     """
-    name = config.dataset_name
-    lut = metadata.prediction_to_eval(name)
+    lut = metadata.prediction_to_eval(dataset_name)
     lut = None if lut is None else torch.as_tensor(lut, device=device)
-    n_classes, palette = len(metadata.eval_categories(name)), metadata.palette(name)
+    n_classes, palette = len(metadata.eval_categories(dataset_name)), metadata.palette(dataset_name)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
     save_masks = split == "train"
     skipped: list[str] = []
     resumed = 0
-    for i, batch in readable_batches(dataset, batch_size=config.batch_size, n_workers=config.n_workers,
-                                     device=device, desc=f"ReCo {name} {split}", skipped=skipped):
+    for i, batch in readable_batches(dataset, batch_size=inference.batch_size, n_workers=inference.n_workers,
+                                     device=device, desc=f"ReCo {dataset_name} {split}", skipped=skipped):
         labels = batch["label"]
         saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks and resume else None
         if saved is not None:  # written by an earlier, interrupted run: score them, skip the models
             pred, pred_crf = saved
             resumed += len(pred)
         else:
-            pred, pred_crf = _predict_batch(batch["image"], models=models, crf=crf, device=device, lut=lut,
-                                            slide_window=config.slide_window, slide_stride=config.slide_stride)
+            pred, pred_crf = _predict_batch(batch["image"], predictor, lut)
         scores.update(labels, pred)
         scores_crf.update(labels, pred_crf)
         with timing.stage("writing"):
@@ -223,12 +198,12 @@ def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path,
                 for j, mask_name in enumerate(batch["name"]):
                     save_png(run_dir / "dt" / mask_name, pred[j].astype(np.uint8))
                     save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
-            if i < config.n_visualisations:
+            if i < n_visualisations:
                 rgb = denormalise_image(batch["image"][:1])[0]
                 save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette,
-                            metadata.eval_categories(name))
+                            metadata.eval_categories(dataset_name))
 
-    class_names = metadata.eval_categories(name)
+    class_names = metadata.eval_categories(dataset_name)
     results = named_scores(scores.scores(), class_names)
     results_crf = named_scores(scores_crf.scores(), class_names)
     write_scores(run_dir, results, results_crf, skipped)
@@ -239,20 +214,14 @@ def evaluate(config: RecoConfig, *, dataset: Dataset, split: str, run_dir: Path,
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
 
 
-def _predict_batch(images: torch.Tensor, *, models: InferenceModels, crf: CrfSettings, device: torch.device,
-                   lut: Optional[torch.Tensor], slide_window: Optional[int] = None,
-                   slide_stride: int = 112) -> tuple[np.ndarray, np.ndarray]:
+def _predict_batch(images: torch.Tensor, predictor: Predictor,
+                   lut: Optional[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     """ReCo and ReCo + CRF label maps (B, H, W) of images (B, 3, H, W), in the scored classes (numpy int64).
 
     `lut` maps predicted to scored classes (COCO-Stuff's 171 -> 27) or is None.
     """
-    with timing.stage("inference"):
-        images = images.to(device, non_blocking=True)
-        probabilities = sliding_window_scores(  # (B, N, H, W); slide_window None: one pass, as the paper
-            images, models.predict, slide_window, slide_stride)
-    with timing.stage("CRF"):
-        refined = crf.refine(images, probabilities)
-    pred, pred_crf = probabilities.argmax(dim=1), refined.to(device).argmax(dim=1)
+    prediction = predictor.predict(images)
+    pred, pred_crf = prediction.labels, prediction.crf_labels
     if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
         pred, pred_crf = lut[pred], lut[pred_crf]
     return pred.cpu().numpy(), pred_crf.cpu().numpy()

@@ -10,28 +10,33 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 import networks
 from datasets.imagenet import IndexBuildDataset, clip_normalise
-from entry.collection import collection_of
-from entry.preflight import check_run_inputs
-from entry.reco_common import clip_precision
 from image_index.build import build_index
+from image_index.storage import IndexNotFoundError
+from reco_api.models import clip_precision
+from reco_api.preflight import check_run_inputs
+from reco_api.references import retrieval_collection
+from reco_api.settings import reference_settings
 from utils import distributed, timing
 from utils.config import RecoConfig
 from utils.device import extra_log_file, resolve_device
 
 logger = logging.getLogger("reco")
+T = TypeVar("T")
 
 
 def run_index_stage(config: RecoConfig) -> Path:
     """Build the collection's index unless it exists ({dir_imagenet}/index/{tag}_{split}/ or
     {collection_dir}/index/{tag}_{name}/); resumes an interrupted build."""
-    check_run_inputs(config, stage="index")
-    collection = collection_of(config)
+    settings = reference_settings(config)
+    check_run_inputs(settings, stage="index")
+    collection = retrieval_collection(settings)
     out_dir = collection.index_dir
     if (out_dir / "meta.json").is_file():
         logger.info("index already built: %s", out_dir)
@@ -46,12 +51,13 @@ def run_index_stage(config: RecoConfig) -> Path:
             distributed.barrier()
             return out_dir
         device = resolve_device(config.device)
+        precision = clip_precision(config.clip_precision, device)
         # the build's own log gets the build's messages; the run's log (reco.log) keeps getting them too
         build_log = out_dir.parent / f"build_{out_dir.name}.log"
         with extra_log_file(build_log) if rank == 0 else contextlib.nullcontext():
             with timing.stage("models"):
                 clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
-                                                    precision=clip_precision(config, device), key="weights.clip")
+                                                    precision=precision, key="weights.clip")
             image_size = networks.clip_image_size(clip_model)
             paths = collection.list_images()
             if not paths:
@@ -75,7 +81,7 @@ def run_index_stage(config: RecoConfig) -> Path:
                     batch_size=config.index_batch_size, num_workers=index_workers(config, device),
                     shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
                     barrier=distributed.barrier, logger=logger,
-                    autocast_dtype=torch.bfloat16 if clip_precision(config, device) == "bf16" else torch.float16,
+                    autocast_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                     names=collection.index_names(paths),
                 )
     finally:
@@ -93,3 +99,18 @@ def index_workers(config: RecoConfig, device: torch.device) -> int:
         return config.n_workers
     processes_here = distributed.env_local_world_size()
     return max(1, (os.cpu_count() or 2) // processes_here - 1)
+
+
+def building_missing_index(config: RecoConfig, compute: Callable[[], T]) -> T:
+    """compute(); when it reports that the retrieval collection has no index, build the index (this stage,
+    or convert the authors' pickle) and compute again. The library only reports a missing index: building
+    one (distributed set-up, its own log file) is the program's decision."""
+    try:
+        return compute()
+    except IndexNotFoundError:
+        collection = retrieval_collection(reference_settings(config))
+        if collection.index_available():  # the index is there but broken: that error stands
+            raise
+        logger.info("no index of %s yet: building it (every image is embedded once)", collection.root)
+        run_index_stage(config)
+        return compute()

@@ -25,18 +25,22 @@ from torch.utils.data import Dataset
 
 from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark
-from entry.reference_setting import run_setting
-from entry.preflight import check_run_inputs
 from entry.evaluation_loop import readable_batches, write_scores
-from entry.reco_benchmark import cosegmentation_visualiser, run_dir_of
-from entry.reco_common import InferenceModels, build_dense_clip, build_encoder, compute_references, inference_models
+from entry.reco_index import building_missing_index
+from entry.run_dirs import cosegmentation_visualiser, run_dir_of
 from reco.ovss import (ProbabilityBackground, benchmark_queries, ovss_class_scores, ovss_labels, query_list,
                        upsampled_argmax)
 from reco.references import stack_references
-from reco.sliding import protocol_size, resize_images, sliding_window_scores
+from reco.sliding import protocol_size, resize_images
+from reco_api.models import build_dense_clip, build_encoder, inference_models
+from reco_api.predictor import Predictor
+from reco_api.preflight import check_run_inputs
+from reco_api.reference_setting import run_setting
+from reco_api.references import compute_references
+from reco_api.settings import crf_settings, inference_settings, reference_settings
 from utils import timing
-from utils.config import ConfigError, RecoConfig, config_to_dict, effective
-from utils.crf import CrfSettings, denormalise_image
+from utils.config import ConfigError, RecoConfig, config_to_dict
+from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.io import save_json
 from utils.metrics import RunningScore, named_scores
@@ -55,6 +59,14 @@ class OvssProtocol:
     background_index: Optional[int]
     threshold: Optional[float]          # set in threshold mode
     probability: Optional[ProbabilityBackground] = None  # set in probability mode (the peers' rule)
+
+
+@dataclass(frozen=True)
+class OvssGeometry:
+    """The peers' inference size: the shorter side resized to `short_side`, the long one capped."""
+
+    short_side: int
+    long_side_max: int
 
 
 def ovss_protocol(config: RecoConfig) -> OvssProtocol:
@@ -108,62 +120,69 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     protocol = ovss_protocol(config)
     device = resolve_device(config.device)  # a missing GPU is reported before the inputs
     # every missing input at once; no reference pickle here (several benchmarks share a root)
-    check_run_inputs(config, stage="benchmark", categories=protocol.queries)
+    settings = reference_settings(config)
+    check_run_inputs(settings, stage="benchmark", dir_dataset=config.dir_dataset, categories=protocol.queries)
     run_dir = ovss_run_dir(config, split)
     setup_logging(run_dir / "reco.log")
     timing.set_output_dir(run_dir)
     logger.info("ReCo on %s %s (%d classes, %d query names) -> %s (device %s)", config.dataset_name, split,
                 len(protocol.class_names), len(protocol.queries), run_dir, device)
-    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": run_setting(config)},
+    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": run_setting(settings)},
               sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
 
-    encoder = build_encoder(config, device)
-    dense = build_dense_clip(config, device)
-    references = compute_references(config, protocol.queries, device, encoder, dense,
-                                    on_reference=cosegmentation_visualiser(run_dir))
+    encoder = build_encoder(settings.models, device)
+    dense = build_dense_clip(settings.models, device)
+    references = building_missing_index(config, lambda: compute_references(
+        settings, protocol.queries, device, encoder, dense, on_reference=cosegmentation_visualiser(run_dir)))
     if references_only:
         return {}
     matrix = stack_references(references, protocol.queries).to(device)
     del references
     with timing.stage("text"):
-        models = inference_models(config, protocol.queries, encoder, matrix, dense)
-    crf = CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))
-    return evaluate_ovss(config, dataset=dataset, protocol=protocol, run_dir=run_dir, device=device, models=models,
-                         crf=crf)
+        models = inference_models(settings.models.dense_clip_inference, protocol.queries, encoder, matrix, dense)
+    predictor = Predictor(models, inference_settings(config), crf_settings(config, device))
+    geometry = OvssGeometry(config.eval_short_side, config.eval_long_side_max)
+    return evaluate_ovss(config.dataset_name, dataset=dataset, protocol=protocol, geometry=geometry, run_dir=run_dir,
+                         predictor=predictor, batch_size=config.batch_size, n_workers=config.n_workers,
+                         n_visualisations=config.n_visualisations, device=device)
 
 
 @torch.no_grad()
-def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtocol, run_dir: Path,
-                  device: torch.device, models: InferenceModels, crf: CrfSettings) -> dict[str, Any]:
-    """Score every val image with and without the CRF; write results.json, results_crf.json and panels."""
+def evaluate_ovss(dataset_name: str, *, dataset: Dataset, protocol: OvssProtocol, geometry: OvssGeometry,
+                  run_dir: Path, predictor: Predictor, batch_size: int, n_workers: int, n_visualisations: int,
+                  device: torch.device) -> dict[str, Any]:
+    """Score every val image with and without the CRF; write results.json, results_crf.json and panels.
+
+    Labels in the peers' order: every query's scores resized to the label's size, then the max over a
+    class's names (reco.ovss.ovss_labels); the CRF refines the class scores at the inference size.
+    """
     n_classes = len(protocol.class_names)
-    palette = metadata.palette(config.dataset_name)
+    palette = metadata.palette(dataset_name)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
     skipped: list[str] = []
-    for i, batch in readable_batches(dataset, batch_size=config.batch_size, n_workers=config.n_workers,
-                                     device=device, desc=f"ReCo {config.dataset_name}", skipped=skipped,
-                                     fatal=(AnnotationMismatchError,)):
+
+    def class_scores(query_scores: torch.Tensor) -> torch.Tensor:  # (B, Q, h, w) -> (B, C, h, w), the CRF's
+        return ovss_class_scores(query_scores, protocol.members, protocol.background_index, protocol.threshold,
+                                 protocol.probability)
+
+    for i, batch in readable_batches(dataset, batch_size=batch_size, n_workers=n_workers, device=device,
+                                     desc=f"ReCo {dataset_name}", skipped=skipped, fatal=(AnnotationMismatchError,)):
+        full_size = tuple(batch["image"].shape[-2:])
         with timing.stage("inference"):
             images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
-            full_size = tuple(images.shape[-2:])
-            resized = resize_images(images, protocol_size(*full_size, config.eval_short_side,
-                                                          config.eval_long_side_max))
-            query_scores = sliding_window_scores(resized, models.predict, config.slide_window, config.slide_stride)
-            class_scores = ovss_class_scores(query_scores, protocol.members, protocol.background_index,
-                                             protocol.threshold, protocol.probability)  # (B, C, h, w), the CRF's
-        with timing.stage("CRF"):
-            refined = crf.refine(resized, class_scores)
+            resized = resize_images(images, protocol_size(*full_size, geometry.short_side, geometry.long_side_max))
+        prediction = predictor.predict(resized, crf_scores=class_scores)  # scores: (B, Q, h, w) per query name
         for j in range(len(images)):  # one image at a time at full resolution bounds memory
             with timing.stage("inference"):
-                pred = ovss_labels(query_scores[j:j + 1], protocol.members, full_size, protocol.background_index,
+                pred = ovss_labels(prediction.scores[j:j + 1], protocol.members, full_size, protocol.background_index,
                                    protocol.threshold, protocol.probability)[0].cpu().numpy()
             with timing.stage("CRF"):
-                pred_crf = upsampled_argmax(refined[j:j + 1].to(device), full_size)[0].cpu().numpy()
+                pred_crf = upsampled_argmax(prediction.crf_probabilities[j:j + 1], full_size)[0].cpu().numpy()
             label = batch["label"][j]
             scores.update(label, pred)
             scores_crf.update(label, pred_crf)
-            if i < config.n_visualisations and j == 0:
+            if i < n_visualisations and j == 0:
                 with timing.stage("writing"):
                     rgb = denormalise_image(batch["image"][:1])[0]
                     save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette,
@@ -172,7 +191,7 @@ def evaluate_ovss(config: RecoConfig, *, dataset: Dataset, protocol: OvssProtoco
     results = named_scores(scores.scores(), protocol.class_names)
     results_crf = named_scores(scores_crf.scores(), protocol.class_names)
     write_scores(run_dir, results, results_crf, skipped)
-    logger.info("%s: mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", config.dataset_name,
+    logger.info("%s: mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", dataset_name,
                 results["Mean IoU"], results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}
 

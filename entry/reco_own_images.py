@@ -18,8 +18,9 @@ from tqdm import tqdm
 from datasets import images as own
 from reco_api.class_names import check_segmentation_classes, split_class_names
 from reco_api.model import ReCo
-from entry.preflight import check_run_inputs
-from entry.reco_common import check_index_size
+from reco_api.preflight import check_run_inputs
+from reco_api.references import check_index_size
+from reco_api.settings import reference_settings
 from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.device import setup_logging
@@ -72,8 +73,9 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
     if out is None:
         raise ConfigError("--out: give an output folder for the masks and overlays")
     categories = parse_categories(categories_arg, config.categories)
-    check_run_inputs(config, stage="own_images", categories=categories)
-    check_index_size(config)  # n_imgs against the index, before the models are loaded
+    settings = reference_settings(config)
+    check_run_inputs(settings, stage="own_images", categories=categories)
+    check_index_size(settings)  # n_imgs against the index, before the models are loaded
     paths = own.list_images(images, exclude=out)  # an OUT inside the images: its masks are not inputs
     stems = own.output_stems(paths, images)
     if Path(images).is_file():  # one named file that cannot be read is an error, not a skipped image

@@ -5,8 +5,8 @@ This package does file I/O only; models and datasets come in as callables. It im
 project but utils/ (tests/test_import_directions.py checks that).
 """
 from image_index.build import build_index
-from image_index.published import convert_published_pickle
-from image_index.storage import (ImageNetIndex, IndexNotFoundError, ensure_index, index_dir, index_tag, load_index,
+from image_index.published import convert_published_pickle, ensure_index
+from image_index.storage import (ImageNetIndex, IndexNotFoundError, index_dir, index_tag, load_index,
                                  published_pickle_path)
 
 __all__ = ["ImageNetIndex", "IndexNotFoundError", "build_index", "convert_published_pickle", "ensure_index",

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from image_index.storage import (EMBEDDINGS_FILE, EMBEDDINGS_FP32_FILE, FILENAMES_FILE, FORMAT_VERSION, META_FILE,
-                                 fresh_tmp_dir, publish, write_json, write_lines)
+                                 ImageNetIndex, IndexNotFoundError, fresh_tmp_dir, index_dir, load_index,
+                                 missing_index_message, publish, published_pickle_path, write_json, write_lines)
 from utils.io import safe_load_pickle
 
 # SPEC 2: the extraction script's default input size per CLIP (recorded in meta.json of converted pickles).
@@ -259,3 +260,16 @@ def _read_published_pickle(path: Path, spill: Any) -> tuple[list[str], Optional[
     reader.finish()
     in_order = reader.count == len(order) and np.array_equal(order, np.arange(len(order)))
     return filenames, None if in_order else order, reader.dim or 0, reader.fits_float16
+
+
+def ensure_index(dir_imagenet: str | os.PathLike, clip_arch: str, split: str, expected_dim: Optional[int] = None,
+                 logger: Optional[logging.Logger] = None) -> ImageNetIndex:
+    """The index of (clip_arch, split): loaded if built, else converted from the authors' published
+    pickle if it is in dir_imagenet, else IndexNotFoundError saying how to get one."""
+    directory = index_dir(dir_imagenet, clip_arch, split)
+    if not directory.exists():
+        pkl = published_pickle_path(dir_imagenet, clip_arch, split)
+        if not pkl.is_file():
+            raise IndexNotFoundError(missing_index_message(dir_imagenet, clip_arch, split))
+        convert_published_pickle(pkl, directory, clip_arch, split, expected_dim=expected_dim, logger=logger)
+    return load_index(directory, expected_dim=expected_dim, expected_arch=clip_arch)

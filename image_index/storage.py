@@ -1,4 +1,4 @@
-"""The ImageNet index on disk (docs/DESIGN.md, "The ImageNet index on disk"): layout, loading, ensuring.
+"""The ImageNet index on disk (docs/DESIGN.md, "The ImageNet index on disk"): layout and loading.
 
     {dir_imagenet}/index/{tag}_{split}/embeddings.npy   float16 (N, D), rows L2-normalised, memory-mapped
                                       /filenames.txt    N image basenames, same order (sorted path order)
@@ -10,7 +10,8 @@
 The directory is published by one rename of a complete temporary directory (fresh_tmp_dir, publish),
 so it exists complete or not at all. Its two writers live beside this module: image_index.build
 (build_index: embed ImageNet, sharded and resumable) and image_index.published
-(convert_published_pickle: the authors' published pickle); both import their shared helpers from here.
+(convert_published_pickle: the authors' published pickle, and ensure_index, which loads an index or
+converts that pickle first); both import their shared helpers from here.
 These modules do the index file I/O; models and datasets come in as callables (no networks/ or
 datasets/ imports).
 """
@@ -143,22 +144,12 @@ def _load_float32_rows(directory: Path, meta: dict[str, Any], embeddings: np.nda
     return rows
 
 
-def ensure_index(dir_imagenet: str | os.PathLike, clip_arch: str, split: str, expected_dim: Optional[int] = None,
-                 logger: Optional[logging.Logger] = None) -> ImageNetIndex:
-    """The index of (clip_arch, split): loaded if built, else converted from the authors' published
-    pickle if it is in dir_imagenet, else IndexNotFoundError saying how to get one."""
-    from image_index.published import convert_published_pickle  # not at the top: it imports this module
-
-    directory = index_dir(dir_imagenet, clip_arch, split)
-    if not directory.exists():
-        pkl = published_pickle_path(dir_imagenet, clip_arch, split)
-        if not pkl.is_file():
-            raise IndexNotFoundError(
-                f"no ImageNet index for clip_arch={clip_arch!r}, split={split!r}: expected {directory}/. Build it "
-                f"with `{REBUILD_HINT}` (resumable; `torchrun --nproc_per_node=N main_reco.py ...` for several "
-                f"GPUs); {published_pickle_hint(dir_imagenet, clip_arch, split)}")
-        convert_published_pickle(pkl, directory, clip_arch, split, expected_dim=expected_dim, logger=logger)
-    return load_index(directory, expected_dim=expected_dim, expected_arch=clip_arch)
+def missing_index_message(dir_imagenet: str | os.PathLike, clip_arch: str, split: str) -> str:
+    """What to do when neither the index of (clip_arch, split) nor the authors' pickle is there."""
+    return (f"no ImageNet index for clip_arch={clip_arch!r}, split={split!r}: expected "
+            f"{index_dir(dir_imagenet, clip_arch, split)}/. Build it with `{REBUILD_HINT}` (resumable; "
+            f"`torchrun --nproc_per_node=N main_reco.py ...` for several GPUs); "
+            f"{published_pickle_hint(dir_imagenet, clip_arch, split)}")
 
 
 def fresh_tmp_dir(out_dir: Path) -> Path:

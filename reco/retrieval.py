@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 
-from reco.retrieval_bf16 import (FP32_UNIT_ROUNDOFF, Embeddings, bf16_candidates, fast_cpu_bf16, gather_rows,
+from reco.retrieval_bf16 import (FP32_UNIT_ROUNDOFF, Embeddings, bf16_candidates, gather_rows,
                                  rescore_float32, rows_view)
 
 _BF16_MIN_ROWS = 65536  # below this the fp32 path is fast anyway
@@ -46,14 +46,15 @@ class ExactRows:
 
 def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
                    device: Optional[Union[str, torch.device]] = None, chunk_rows: int = 131072,
-                   method: str = "auto", exact_rows: Optional[ExactRows] = None) -> torch.Tensor:
+                   method: str = "auto", exact_rows: Optional[ExactRows] = None,
+                   fast_bf16: bool = False) -> torch.Tensor:
     """Indices of the k highest-scoring index rows for each query, in rank order.
 
     queries (N, D) tensor (unit rows for cosine similarity, SPEC 3); embeddings (M, D) numpy array or
     memmap (e.g. ImageNetIndex.embeddings, float16) or tensor. Scores are dot products q . e in float32.
     device: where to compute; None -> the embeddings' device if a tensor, else CPU.
-    method: "auto" (GPU: fp32; CPU: bf16 pre-filter + fp32 re-scoring when the CPU has native bf16,
-    else fp32), "fp32" or "bf16". Returns LongTensor (N, k) on the CPU. Ties are broken arbitrarily.
+    method: "auto" (GPU: fp32; CPU: bf16 pre-filter + fp32 re-scoring when `fast_bf16` says the CPU has
+    native bf16 dot products, utils.device.cpu_has_fast_bf16(); else fp32), "fp32" or "bf16". Returns LongTensor (N, k) on the CPU. Ties are broken arbitrarily.
     exact_rows: the float32 originals of `embeddings` (ExactRows). Then the result is exactly the top k
     of the float32 rows: ranked by q . e32 evaluated in float64 (each product exact; the sums to ~1e-13),
     equal scores in row order (a stable argsort), whatever the method and device.
@@ -77,7 +78,7 @@ def retrieve_top_k(queries: torch.Tensor, embeddings: Embeddings, k: int,
     if method not in ("auto", "fp32", "bf16"):
         raise ValueError(f"method must be 'auto', 'fp32' or 'bf16', got {method!r}")
     if method == "auto":
-        method = "bf16" if device.type == "cpu" and fast_cpu_bf16() and n_rows >= _BF16_MIN_ROWS else "fp32"
+        method = "bf16" if device.type == "cpu" and fast_bf16 and n_rows >= _BF16_MIN_ROWS else "fp32"
     if method == "bf16" and device.type != "cpu":
         raise ValueError("method='bf16' is the CPU path; use 'fp32' (or 'auto') on a GPU")
     if queries.shape[0] == 0:

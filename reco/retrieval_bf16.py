@@ -7,7 +7,6 @@ for an index with float32 originals, exactly (reco.retrieval).
 """
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Optional, Union
 
@@ -183,14 +182,3 @@ def rescore_float32(q: torch.Tensor, embeddings: Embeddings, qi: torch.Tensor, r
         exact[s: s + 65536] = torch.einsum("pd,pd->p", vectors[inverse[s: s + 65536]], q[qi[s: s + 65536]])
     _, pos = _dense_top_k(qi, exact, q.shape[0], k)
     return row[pos]
-
-
-@functools.lru_cache(maxsize=1)
-def fast_cpu_bf16() -> bool:
-    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), where the bf16 GEMM beats fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags

@@ -5,6 +5,10 @@
     result = model.segment("photo.jpg", ["red panda", "bamboo", "snow"])
 
 `python -m reco_api.demo --config CFG` serves the same model as a local web page.
+
+The package is ReCo's library: everything that turns a config into references and predictions
+(settings.py, models.py, references.py, predictor.py, ...), used by this API and by the command line's
+stages in entry/, which it never imports (docs/DESIGN.md).
 """
 from datasets.images import MAX_IMAGE_PIXELS, MAX_INFERENCE_PIXELS, ImageTooLargeError, ImageTooThinError
 from reco_api.class_names import check_categories

@@ -5,8 +5,8 @@
     result = model.segment("photo.jpg", ["red panda", "bamboo", "snow"])
     result.labels, result.scores, result.overlay, result.fractions
 
-This package is entry-level code: it reads the config and builds the networks (through entry/), then
-hands plain tensors to the algorithm in reco/, which never imports it.
+This module is the library's boundary: the config is read here, once, into the narrow settings of
+reco_api/settings.py; the networks, the references and the predictor below take only those.
 """
 from __future__ import annotations
 
@@ -20,17 +20,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets import images as own
-from entry.reco_common import (
-    DenseClipModels, build_dense_clip, build_encoder, build_retrieval_clip, compute_references,
-)
+from datasets.benchmarks import size_grouped_batches
 from reco_api.config_checks import check_reco_names, reco_config
-from reco.inference import predict
 from reco.references import stack_references
 from reco_api.class_names import check_categories, check_segmentation_classes
+from reco_api.models import DenseClipModels, InferenceModels, build_dense_clip, build_encoder, build_retrieval_clip
+from reco_api.predictor import Predictor
+from reco_api.references import compute_references
 from reco_api.result import Segmentation
-from utils.config import RecoConfig, check_device_name, effective
-from utils import timing
-from utils.crf import crf_backend_spec, crf_refine, resolve_crf_backend
+from reco_api.settings import crf_settings, inference_settings, reference_settings
+from utils.config import RecoConfig, check_device_name
 from utils.device import resolve_device
 from utils.visualise import label_palette
 
@@ -62,17 +61,19 @@ class ReCo:
     ) -> None:
         self.config = check_reco_names(config)
         if isinstance(device, str):
-            check_device_name(device)
+            check_device_name(device)  # the device argument is checked as the key would be
         self.device = resolve_device(str(device) if device is not None else config.device)
-        self.encoder = (encoder if encoder is not None else build_encoder(config, self.device)).eval()
-        self.dense = dense if dense is not None else build_dense_clip(config, self.device)
-        self.crf_backend = resolve_crf_backend(config.crf_backend, self.device)
+        self.settings = reference_settings(config)
+        self.inference = inference_settings(config)
+        self.crf = crf_settings(config, self.device)
+        models = self.settings.models
+        self.encoder = (encoder if encoder is not None else build_encoder(models, self.device)).eval()
+        self.dense = dense if dense is not None else build_dense_clip(models, self.device)
         self.max_image_pixels = max_image_pixels
         self.max_inference_pixels = max_inference_pixels
         self._references: dict[str, torch.Tensor] = {}
         self._retrieval_clip: Optional[tuple[nn.Module, Callable]] = None
         self._lock = threading.Lock()  # guards the memo, the text-embedding memo and the cache files
-        self._crf_pool_lock = threading.Lock()  # the pydensecrf pool is created lazily, once
 
     @classmethod
     def from_config(cls, config: Union[str, os.PathLike, RecoConfig], *,
@@ -101,7 +102,7 @@ class ReCo:
             if missing:
                 _report(progress, 0.0, f"retrieving and co-segmenting {len(missing)} new classes: {', '.join(missing)}")
                 computed = compute_references(
-                    self.config, missing, self.device, self.encoder, self.dense, build_missing_index=False,
+                    self.settings, missing, self.device, self.encoder, self.dense,
                     retrieval_clip=self._get_retrieval_clip, progress=_cosegmentation_progress(progress),
                 )
                 self._references.update({name: computed[name].detach().cpu() for name in missing})
@@ -110,7 +111,7 @@ class ReCo:
     def _get_retrieval_clip(self) -> tuple[nn.Module, Callable]:
         """Built on the first class that must be retrieved and kept for the next ones."""
         if self._retrieval_clip is None:
-            self._retrieval_clip = build_retrieval_clip(self.config, self.device)
+            self._retrieval_clip = build_retrieval_clip(self.settings.models, self.device)
         return self._retrieval_clip
 
     def release_retrieval_clip(self) -> None:
@@ -120,7 +121,7 @@ class ReCo:
 
     def _text_embeddings(self, names: list[str]) -> Optional[torch.Tensor]:
         """(N, D) DenseCLIP text embeddings when DenseCLIP inference is on, else None."""
-        if self.dense is None or not self.config.dense_clip_inference:
+        if self.dense is None or not self.settings.models.dense_clip_inference:
             return None
         with self._lock:
             return self.dense.embed_text(names).to(self.device)
@@ -145,48 +146,35 @@ class ReCo:
         if not pictures:
             return []
         for picture in pictures:  # a too elongated image: ImageTooThinError before any model runs
-            own.inference_size(picture.width, picture.height, self.config.image_short_side, self.max_inference_pixels)
+            own.inference_size(picture.width, picture.height, self.inference.image_short_side,
+                               self.max_inference_pixels)
         matrix = self.references(names, progress)
         text = self._text_embeddings(names)
-        dense_clip = self.dense.dense_clip if text is not None else None
-        crf = self.config.crf if crf is None else bool(crf)
+        models = InferenceModels(self.encoder, matrix, self.dense.dense_clip if text is not None else None, text)
+        predictor = Predictor(models, self.inference, self.crf)
+        crf = self.inference.crf if crf is None else bool(crf)
         palette = label_palette(len(names))
 
-        tensors = [own.inference_tensor(p, self.config.image_short_side, self.max_inference_pixels) for p in pictures]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, tensor in enumerate(tensors):
-            groups.setdefault(tuple(tensor.shape), []).append(i)
-        chunks = [idx[s:s + self.config.batch_size] for idx in groups.values()
-                  for s in range(0, len(idx), self.config.batch_size)]
+        short_side = self.inference.image_short_side
+        tensors = [own.inference_tensor(p, short_side, self.max_inference_pixels) for p in pictures]
+        chunks = size_grouped_batches([tuple(t.shape[-2:]) for t in tensors], self.inference.batch_size)
         results: list[Optional[Segmentation]] = [None] * len(pictures)
         for n_done, chunk in enumerate(chunks):
             _report(progress, 0.9 + 0.1 * n_done / len(chunks), f"segmenting {len(pictures)} image(s)")
-            with timing.stage("inference"):
-                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
-                scores = predict(batch, self.encoder, matrix, dense_clip, text)  # (B, N, h, w)
-            with timing.stage("CRF"):
-                probabilities = self._crf(batch, scores) if crf else None
-            labels = (probabilities if probabilities is not None else scores).argmax(dim=1)  # (B, h, w)
+            prediction = predictor.predict(torch.stack([tensors[i] for i in chunk]), crf=crf)
+            labels = prediction.crf_labels if crf else prediction.labels  # (B, h, w)
             for j, i in enumerate(chunk):
+                probabilities = prediction.crf_probabilities
                 results[i] = Segmentation(
                     categories=tuple(names),
                     labels=_resize_labels(labels[j], pictures[i].height, pictures[i].width),
-                    scores=scores[j].float().cpu().numpy(),
-                    crf_probabilities=None if probabilities is None else probabilities[j].float().cpu().numpy(),
+                    scores=prediction.scores[j].cpu().numpy(),
+                    crf_probabilities=None if probabilities is None else probabilities[j].cpu().numpy(),
                     image=own.as_array(pictures[i]),
                     palette=palette,
                 )
         _report(progress, 1.0, "done")
         return results  # type: ignore[return-value]
-
-    def _crf(self, batch: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """Dense CRF (SPEC 9.2) on the denormalised inference-size images and the log-softmax of the
-        scores -> (B, N, h, w) probabilities."""
-        if len(batch) == 1 or not crf_backend_spec(self.crf_backend).worker_pool:
-            return crf_refine(batch, scores, backend=self.crf_backend, n_workers=1)
-        workers = effective(self.config, "crf_workers")
-        with self._crf_pool_lock:
-            return crf_refine(batch, scores, backend=self.crf_backend, n_workers=workers)
 
 
 def _resize_labels(labels: torch.Tensor, height: int, width: int) -> np.ndarray:

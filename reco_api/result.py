@@ -48,11 +48,6 @@ class Segmentation:
     def overlay(self) -> Image.Image:
         return Image.fromarray(self.overlay_array)
 
-    @property
-    def mask(self) -> Image.Image:
-        """The labels as an 8-bit grey PIL image (the command line's masks/{stem}.png)."""
-        return Image.fromarray(self.labels)
-
     def legend(self) -> Image.Image:
         """A swatch and the name of every class."""
         return Image.open(io.BytesIO(legend_png(self.categories, self.palette))).convert("RGB")

@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 import main_reco
-from entry.collection import list_folder_images
+from reco_api.collection import list_folder_images
 from synthetic import write_corrupt_jpeg
 from test_end_to_end import colour_world, install_colour_models, reco_config, write_imagenet_of
 
@@ -102,7 +102,7 @@ def test_retrieval_from_a_folder_gives_the_colour_world_references(tmp_path, mon
     config = reco_config(tmp_path, dir_imagenet=None, collection_dir=str(collection), collection_name="colours")
 
     retrieved: dict[str, list[Path]] = {}
-    import entry.reco_common as common
+    import reco_api.references as common
 
     original = common.retrieve
 
@@ -118,7 +118,7 @@ def test_retrieval_from_a_folder_gives_the_colour_world_references(tmp_path, mon
     # Known answer: every category's retrieved images show its colour, so its reference is that colour.
     from utils.io import safe_load_pickle
 
-    from entry.reco_benchmark import reference_pickle_path
+    from entry.run_dirs import reference_pickle_path
     from utils.config import load_reco_config
 
     pickle_path = reference_pickle_path(load_reco_config(config))  # tiny models: the name has a setting hash

@@ -27,7 +27,6 @@ def test_original_yaml_files_keep_working(tmp_path, fixtures_dir, name):
     else:
         config = load_reco_config(path)
         assert config.experiment_name == "deit_s_16_sin_in_train_ce_ta"
-        assert config.run_name == "deit_s_16_sin_in_train_ce_ta_dc"
         assert config.n_imgs == 50 and config.context_categories[0] == "tree"
 
 
@@ -60,7 +59,7 @@ def test_unknown_missing_and_mistyped_keys_name_the_key(tmp_path):
 def test_overrides_and_experiment_name(tmp_path):
     path = _write(tmp_path, {"dir_ckpt": "x", "context_elimination": False, "dense_clip_inference": False})
     config = load_reco_config(path, {"suffix": "abl", "device": None})
-    assert config.experiment_name == "deit_s_16_sin_in_train_ta_abl" and config.run_name == config.experiment_name
+    assert config.experiment_name == "deit_s_16_sin_in_train_ta_abl"
     assert config.device == "auto"
 
 

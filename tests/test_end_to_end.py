@@ -27,7 +27,7 @@ def install_colour_models(monkeypatch, vocabulary, colours):
 
     monkeypatch.setattr(networks, "build_clip", build_clip)
     monkeypatch.setattr(networks, "build_encoder", lambda arch, weights, key="": ColourEncoder(colours))
-    import entry.reco_common as common
+    import reco_api.models as common
 
     monkeypatch.setattr(common, "DenseCLIP", lambda clip_model: ColourDenseCLIP(colours))
 
@@ -64,14 +64,14 @@ def reco_config(tmp_path, **extra):
 
 def run_dir(config_path, split="val"):
     """The run directory of a config (tiny models are not the paper's setting: the name has a setting hash)."""
-    from entry.reco_benchmark import run_dir_of
+    from entry.run_dirs import run_dir_of
     from utils.config import load_reco_config
 
     return run_dir_of(load_reco_config(config_path), split)
 
 
 def reference_pickle(config_path):
-    from entry.reco_benchmark import reference_pickle_path
+    from entry.run_dirs import reference_pickle_path
     from utils.config import load_reco_config
 
     return reference_pickle_path(load_reco_config(config_path))

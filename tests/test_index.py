@@ -19,7 +19,8 @@ from torchvision.transforms import InterpolationMode
 from datasets.imagenet import (IndexBuildDataset, imagenet_path, list_imagenet_images, load_retrieved_images)
 from utils.normalisation import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from index_driver import EMBED_DIM, build, tiny_embed_fn
-from image_index.storage import (IndexNotFoundError, ensure_index, index_dir, index_tag, load_index,
+from image_index.published import ensure_index
+from image_index.storage import (IndexNotFoundError, index_dir, index_tag, load_index,
                                  published_pickle_path)
 from image_index.build import build_index
 from image_index.published import _parse_legacy_storage, convert_published_pickle

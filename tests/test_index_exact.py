@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from image_index.storage import ensure_index, index_dir, published_pickle_path
+from image_index.published import ensure_index
+from image_index.storage import index_dir, published_pickle_path
 from reco.retrieval import ExactRows, retrieve_top_k
 
 ARCH = "ViT-L/14@336px"
@@ -93,15 +94,17 @@ def test_missing_or_wrong_float32_copy_is_a_clear_error(tmp_path):
 
 
 def test_the_retrieval_stage_uses_the_float32_rows(tmp_path, monkeypatch):
-    """entry.reco_common.retrieve on a converted near-tie pickle returns the float32 order of images."""
-    import entry.reco_common as common
+    """reco_api.references.retrieve on a converted near-tie pickle returns the float32 order of images."""
+    import reco_api.references as common
     from utils.config import RecoConfig
 
     query, rows = _near_ties()
     names = _write_pickle(tmp_path, rows)
     monkeypatch.setattr(common, "text_embeddings", lambda model, tokenizer, words: torch.from_numpy(query)[None])
     config = RecoConfig(dir_ckpt=str(tmp_path / "ckpt"), dir_imagenet=str(tmp_path), clip_arch=ARCH, n_imgs=50)
-    paths = common.retrieve(config, ["thing"], torch.device("cpu"), build_missing_index=False,
+    from reco_api.settings import reference_settings
+
+    paths = common.retrieve(reference_settings(config), ["thing"], torch.device("cpu"),
                             retrieval_clip=lambda: (None, None))["thing"]
     scores = rows.astype(np.float64) @ query.astype(np.float64)
     assert [p.name for p in paths] == [names[i] for i in np.argsort(-scores, kind="stable")[:50]]

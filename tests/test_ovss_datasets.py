@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from datasets import metadata
+from datasets.registry import BENCHMARKS
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark
 from datasets.ovss import labels_to_classes, ovss_layout
 from synthetic_ovss import write_ovss
@@ -14,7 +15,7 @@ N_CLASSES = {"voc21": 21, "context60": 60, "coco_object": 81, "voc20": 20, "cont
 
 
 def test_class_lists_and_sources():
-    assert metadata.OVSS_DATASET_NAMES == tuple(N_CLASSES)
+    assert BENCHMARKS.names(lambda spec: spec.protocol == "ovss") == tuple(N_CLASSES)
     for name, n in N_CLASSES.items():
         classes = metadata.ovss_classes(name)
         assert len(classes) == n == metadata.n_eval_classes(name) == len(metadata.palette(name))

@@ -14,7 +14,9 @@ import main_reco
 import networks
 from colour_models import ColourEncoder, ColourFeatures
 from datasets import metadata
-from entry.reference_cache import FileReferenceCache, reference_cache_root
+from datasets.registry import BENCHMARKS
+from reco_api.reference_cache import FileReferenceCache
+from reco_api.settings import reference_settings
 from entry.reco_ovss import ovss_run_dir
 from synthetic import CLASS_COLOURS, SCENE_CLASSES, write_imagenet
 from synthetic_ovss import write_ovss
@@ -60,7 +62,7 @@ def ovss_config(tmp_path, name, **extra):
 def fill_reference_cache(config_path, words):
     """Put the colour reference of every word into the per-category cache, as a run would have."""
     config = load_reco_config(config_path)
-    cache = FileReferenceCache(reference_cache_root(config), config)
+    cache = FileReferenceCache(reference_settings(config))
     contexts = list(config.context_categories)
     for i, context in enumerate(contexts):
         cache.put(context, tuple(contexts[:i]), colour_reference(context))
@@ -68,7 +70,7 @@ def fill_reference_cache(config_path, words):
         cache.put(word, tuple(contexts), colour_reference(word))
 
 
-@pytest.mark.parametrize("name", metadata.OVSS_DATASET_NAMES)
+@pytest.mark.parametrize("name", BENCHMARKS.names(lambda spec: spec.protocol == "ovss"))
 def test_known_answer_on_each_benchmark(tmp_path, monkeypatch, name):
     words = metadata.categories(name) + list(metadata.context_categories())
     install_colour_models(monkeypatch, vocabulary(words), COLOURS)
@@ -181,7 +183,7 @@ def test_tiny_random_models_run_the_protocol(tmp_path):
                          background={"mode": "synonyms", "synonyms": ["sky", "road"]})
     # most names come from the cache (random tiny-vit-sized vectors); "car" and "ship" are retrieved and co-segmented
     loaded = load_reco_config(config)
-    cache = FileReferenceCache(reference_cache_root(loaded), loaded)
+    cache = FileReferenceCache(reference_settings(loaded))
     g = torch.Generator().manual_seed(0)
     contexts = list(loaded.context_categories)
     for i, name in enumerate(contexts):

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from entry.reco_ovss import OvssProtocol, evaluate_ovss
+from entry.reco_ovss import OvssGeometry, OvssProtocol, evaluate_ovss
+from reco_api.predictor import Predictor
+from reco_api.settings import InferenceSettings
 from reco.ovss import (ProbabilityBackground, drop_small_classes, ovss_class_scores, ovss_labels,
                        probability_class_scores, upsampled_argmax)
 from utils.config import BackgroundConfig, ConfigError, RecoConfig
@@ -182,6 +184,8 @@ class IdentityCrf:
 
 
 class FixedScores:
+    references = torch.zeros(3, 1)  # where the predictor runs (the CPU)
+
     def predict(self, images):
         return TWO_NAMES.expand(len(images), -1, -1, -1)
 
@@ -191,12 +195,12 @@ def test_evaluation_order_with_and_without_the_crf(tmp_path, probability):
     """Without the CRF the peers' order (resize every query, then the max); the CRF refines the class
     scores at the inference resolution (1 x 2 here, the image resized to its short side 1 with the long
     side capped at 2), and its probabilities are resized to the label's size before the argmax."""
-    config = RecoConfig(dir_ckpt=str(tmp_path), dataset_name="voc21", batch_size=1, n_workers=0,
-                        n_visualisations=0, eval_short_side=1, eval_long_side_max=2, device="cpu")
     protocol = OvssProtocol(["background", "person"], ["a", "b", "c"], TWO_NAMES_MEMBERS, 0, None, probability)
     crf = IdentityCrf()
-    out = evaluate_ovss(config, dataset=OneImage(), protocol=protocol, run_dir=tmp_path, device=torch.device("cpu"),
-                        models=FixedScores(), crf=crf)
+    predictor = Predictor(FixedScores(), InferenceSettings(batch_size=1, n_workers=0), crf)
+    out = evaluate_ovss("voc21", dataset=OneImage(), protocol=protocol, geometry=OvssGeometry(1, 2), run_dir=tmp_path,
+                        predictor=predictor, batch_size=1, n_workers=0, n_visualisations=0,
+                        device=torch.device("cpu"))
     (crf_size, crf_scores), = crf.seen
     assert crf_size == (1, 2)
     assert torch.equal(crf_scores, ovss_class_scores(TWO_NAMES, TWO_NAMES_MEMBERS, 0, probability=probability))

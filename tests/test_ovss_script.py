@@ -36,11 +36,12 @@ def test_script_runs_each_benchmark_and_writes_the_table(tmp_path):
 
 def test_shipped_configs_load_and_name_every_benchmark():
     from datasets import metadata
+    from datasets.registry import BENCHMARKS
     from entry.reco_ovss import ovss_protocol
     from reco_api.config_checks import check_reco_names
     from utils.config import load_reco_config
 
-    for name in metadata.OVSS_DATASET_NAMES:
+    for name in BENCHMARKS.names(lambda spec: spec.protocol == "ovss"):
         config = check_reco_names(load_reco_config(REPO / "configs" / "ovss" / f"reco_{name}.yaml"))
         assert config.dataset_name == name and config.slide_window == 224 and config.slide_stride == 112
         assert config.eval_short_side == {"cityscapes19": 560, "coco_stuff171": 448}.get(name, 336)

@@ -70,7 +70,7 @@ def test_per_category_cache_makes_a_new_class_cheap(tmp_path, colour_setup, monk
     base = ["--config", str(colour_setup), "--images", str(tmp_path / "photos"), "--out", str(out), "--no-crf"]
     assert main_reco.main(base + ["--categories", "sky,car"]) == 0
 
-    import entry.reco_common as common
+    import reco_api.references as common
 
     computed = []
     original = common.compute_reference_embeddings

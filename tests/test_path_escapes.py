@@ -1,6 +1,7 @@
 """Names users give never write outside the run's folders; index entries never read outside the collection."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -9,12 +10,13 @@ import torch
 from PIL import Image
 
 import main_reco
-from entry.collection import Collection
-from entry.reco_benchmark import cosegmentation_visualiser
-from entry.reference_cache import FileReferenceCache
+from reco_api.collection import Collection
+from entry.run_dirs import cosegmentation_visualiser
+from reco_api.reference_cache import FileReferenceCache
 from image_index.storage import index_dir
 from test_cli_errors import error_lines, reco_yaml
 from test_torchscript_weights import write_index
+from reco_api.settings import reference_settings
 from utils.config import ConfigError, load_reco_config
 from utils.naming import NAME_MAX_BYTES, file_name_part, fit_file_name
 
@@ -56,10 +58,10 @@ def test_cosegmentation_panels_of_any_name_stay_in_the_run_directory(tmp_path):
 
 def test_reference_cache_files_of_any_name_stay_in_the_cache_and_hold_the_real_name(tmp_path):
     config = load_reco_config(reco_yaml(tmp_path))
-    cache = FileReferenceCache(tmp_path / "references", config)
+    cache = FileReferenceCache(dataclasses.replace(reference_settings(config), cache_root=tmp_path / "references"))
     for i, name in enumerate(HOSTILE_NAMES):
         cache.put(name, ("../ctx",), torch.full((4,), float(i)))
-    fresh = FileReferenceCache(tmp_path / "references", config)
+    fresh = FileReferenceCache(dataclasses.replace(reference_settings(config), cache_root=tmp_path / "references"))
     for i, name in enumerate(HOSTILE_NAMES):
         assert torch.equal(fresh.get(name, ("../ctx",)), torch.full((4,), float(i)))
     written = [p for p in files_under(tmp_path) if p.is_file() and p.suffix == ".pt"]

@@ -67,8 +67,30 @@ def test_array_pil_and_path_give_the_known_answer_and_the_cli_masks(tmp_path, co
     assert accuracy(result.labels, expected["scene0"]) > 0.9
 
 
+def test_the_api_predicts_in_the_configured_sliding_windows(tmp_path, colour_setup, monkeypatch):
+    """slide_window / slide_stride apply to the API as to the benchmarks (one predictor): every model call
+    sees a window, and the colour-coded models still give the known answer."""
+    import reco_api.models as models
+
+    expected = write_scenes(tmp_path / "photos")
+    crops = []
+    original = models.predict
+
+    def spy(images, *args, **kwargs):
+        crops.append(tuple(images.shape[-2:]))
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(models, "predict", spy)
+    model = ReCo.from_config(colour_setup, crf=False, image_short_side=64, slide_window=32, slide_stride=16)
+    path = next((tmp_path / "photos").glob("scene0.*"))
+    result = model.segment(path, CLASSES)
+    assert len(crops) > 1 and all(h <= 32 and w <= 32 for h, w in crops)
+    assert min(result.scores.shape[1:]) == 64
+    assert accuracy(result.labels, expected["scene0"]) > 0.9
+
+
 def test_references_are_computed_once_per_class_name(tmp_path, colour_setup, monkeypatch):
-    import entry.reco_common as common
+    import reco_api.references as common
     import networks
 
     computed, clips_built = [], []

@@ -1,10 +1,11 @@
-"""Every cached artefact carries the setting it was made with (entry/reference_setting.py).
+"""Every cached artefact carries the setting it was made with (reco_api/reference_setting.py).
 
 Changing any key that the original experiment name ignores must give another reference pickle and run
 directory (computed afresh), and must leave the first setting's files untouched. The colour-coded models
 stand in for every network, so any architecture name builds in no time, and retrieval plus
 co-segmentation is replaced by a counting stub (the end-to-end tests run the real thing).
 """
+import dataclasses
 import json
 
 import pytest
@@ -13,12 +14,21 @@ import yaml
 
 import main_reco
 from datasets import metadata
-from entry import reference_setting
-from entry.reco_benchmark import reference_pickle_differences, reference_pickle_path, run_dir_of
-from entry.reference_cache import FileReferenceCache
+from entry.reco_benchmark import reference_pickle_differences
+from entry.run_dirs import reference_pickle_path, run_dir_of
+from reco_api import reference_setting
+from reco_api.reference_cache import FileReferenceCache
+from reco_api.settings import reference_settings
 from synthetic import write_cityscapes
 from test_end_to_end import colour_world, install_colour_models, reco_config, write_imagenet_of
 from utils.config import load_reco_config
+
+
+
+def cache_in(root, config):
+    """The per-category reference cache of `config` under `root`."""
+    return FileReferenceCache(dataclasses.replace(reference_settings(config), cache_root=root))
+
 
 VARIANTS = {
     "context_categories": {"context_categories": ["tree", "sky", "building", "road"]},
@@ -95,16 +105,16 @@ def test_changing_a_setting_uses_new_files_and_keeps_the_old(base_world, key, mo
     assert main_reco.main(["--config", str(config_path), "--stage", "references"]) == 0
     assert len(calls) == 1  # computed, not read from the base setting's pickle
     recorded = json.loads((pickle_path.parent / (pickle_path.name + ".meta.json")).read_text())["setting"]
-    assert recorded == json.loads(json.dumps(reference_setting.reference_setting(config)))
-    assert json.loads((out / "config.json").read_text())["setting"] == reference_setting.run_setting(config)
+    assert recorded == json.loads(json.dumps(reference_setting.reference_setting(reference_settings(config))))
+    assert json.loads((out / "config.json").read_text())["setting"] == reference_setting.run_setting(reference_settings(config))
     # and read back on the next run
     assert main_reco.main(["--config", str(config_path), "--stage", "references"]) == 0
     assert len(calls) == 1
     # the per-category cache: the model keys name another directory; contexts are part of each entry's
     # key, and aliases act only when references are put together
-    base_cache = FileReferenceCache(base_world["root"], load_reco_config(base_world["config"])).directory
+    base_cache = cache_in(base_world["root"], load_reco_config(base_world["config"])).directory
     same_directory = key in ("context_categories", "reference_aliases")
-    assert (FileReferenceCache(base_world["root"], config).directory == base_cache) == same_directory
+    assert (cache_in(base_world["root"], config).directory == base_cache) == same_directory
     # the base setting's pickle and run directory are untouched
     assert base_world["pickle"].read_bytes() == base_world["pickle_bytes"]
     assert _files(base_world["run_dir"]) == base_world["run_files"]
@@ -147,12 +157,12 @@ def test_a_pickle_without_record_is_refused_unless_the_papers_setting(tmp_path, 
     config_path = reco_config(tmp_path, encoder_arch="DeiT-S/16-SIN", clip_arch="ViT-L/14@336px",
                               dense_clip_arch="RN50x16", weights=weights, n_imgs=10)
     config = load_reco_config(config_path)
-    assert reference_setting.is_paper_setting(config) and not reference_setting.is_paper_setting(config, strict=True)
+    assert reference_setting.is_paper_setting(reference_settings(config)) and not reference_setting.is_paper_setting(reference_settings(config), strict=True)
     path = reference_pickle_path(config)
     assert path.name == "deit_s_16_sin_in_train_ce_ta_cat_to_img_feature_k10.pkl"
     path.write_bytes(b"not read")
     with pytest.raises(ValueError, match="no settings record"):
-        reference_pickle_differences(config)
+        reference_pickle_differences(reference_settings(config), path)
 
 
 def test_paper_setting_keeps_the_original_names(tmp_path):
@@ -160,14 +170,14 @@ def test_paper_setting_keeps_the_original_names(tmp_path):
                "encoder": str(tmp_path / "deit_s_sin_dist.pth")}
     config = load_reco_config(reco_config(tmp_path, encoder_arch="DeiT-S/16-SIN", clip_arch="ViT-L/14@336px",
                                           dense_clip_arch="RN50x16", weights=weights, n_imgs=50))
-    assert reference_setting.is_paper_setting(config, strict=True)
+    assert reference_setting.is_paper_setting(reference_settings(config), strict=True)
     assert reference_pickle_path(config).name == "deit_s_16_sin_in_train_ce_ta_cat_to_img_feature_k50.pkl"
     assert run_dir_of(config, "val").parts[-2:] == ("deit_s_16_sin_in_train_ce_ta_dc", "k050")
     # other weights files for the paper's archs are another setting
     other = load_reco_config(reco_config(tmp_path, encoder_arch="DeiT-S/16-SIN", clip_arch="ViT-L/14@336px",
                                          dense_clip_arch="RN50x16", n_imgs=50,
                                          weights={**weights, "encoder": str(tmp_path / "finetuned.pth")}))
-    assert not reference_setting.is_paper_setting(other)
+    assert not reference_setting.is_paper_setting(reference_settings(other))
     assert reference_pickle_path(other).name.startswith("deit_s_16_sin_in_train_ce_ta_")
     assert reference_pickle_path(other) != reference_pickle_path(config)
 
@@ -179,11 +189,11 @@ def test_category_cache_entry_of_another_setting_is_recomputed(tmp_path):
     encoder_file.write_bytes(b"first")
     config = load_reco_config(reco_config(tmp_path, weights={"clip": "random", "dense_clip": "random",
                                                              "encoder": str(encoder_file)}))
-    cache = FileReferenceCache(tmp_path / "refs", config)
+    cache = cache_in(tmp_path / "refs", config)
     cache.put("car", ("tree",), torch.ones(4))
-    assert torch.equal(FileReferenceCache(tmp_path / "refs", config).get("car", ("tree",)), torch.ones(4))
+    assert torch.equal(cache_in(tmp_path / "refs", config).get("car", ("tree",)), torch.ones(4))
     encoder_file.write_bytes(b"second, longer")
-    again = FileReferenceCache(tmp_path / "refs", config)
+    again = cache_in(tmp_path / "refs", config)
     assert again.directory == cache.directory
     assert again.get("car", ("tree",)) is None
     entry = torch.load(next(cache.directory.iterdir()), weights_only=True)
@@ -214,7 +224,7 @@ def test_readme_example_of_a_hashed_name():
     from utils.config import RecoConfig
 
     config = RecoConfig(dir_ckpt="x", context_categories=["sky"])
-    assert reference_setting.reference_experiment_name(config) == "deit_s_16_sin_in_train_ce_ta_643c30fe"
+    assert reference_setting.reference_experiment_name(reference_settings(config)) == "deit_s_16_sin_in_train_ce_ta_643c30fe"
 
 
 def test_weights_source_tells_files_from_tags(tmp_path):

@@ -107,7 +107,7 @@ def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_p
     vocabulary, colours = colour_world(categories + ["tree", "person"])
     monkeypatch.setattr(networks, "build_clip", lambda arch, weights, device="cpu", precision="fp32", key="":
                         (ColourCLIP(colours).to(device), ColourTokenizer(vocabulary, len(colours))))
-    import entry.reco_common as common
+    import reco_api.models as common
 
     monkeypatch.setattr(common, "DenseCLIP", lambda clip_model: ColourDenseCLIP(colours))
     # Statistics far from ImageNet's, so that a missing re-normalisation would mistake the colours.
@@ -123,7 +123,7 @@ def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_p
         write_cityscapes(tmp_path / "cityscapes", "val", n_images=2)
         config = reco_config(tmp_path, encoder_arch="colour-vit/8-reg2")
         assert main_reco.main(["--config", str(config)]) == 0
-        from entry.reco_benchmark import run_dir_of
+        from entry.run_dirs import run_dir_of
         from utils.config import load_reco_config
 
         out = run_dir_of(load_reco_config(config), "val")  # not the paper's setting: the name has a setting hash

@@ -44,7 +44,7 @@ def test_dense_clip_not_loaded_when_the_reference_pickle_is_reused(tmp_path, mon
     no DenseCLIP; it must not build one, and its results must equal the first run's."""
     import json
 
-    import entry.reco_common as common
+    import reco_api.models as common
 
     colour_cityscapes(tmp_path, monkeypatch)
     built = []

@@ -6,6 +6,7 @@ import atexit
 import multiprocessing
 import multiprocessing.pool
 import os
+import threading
 from typing import Optional, Union
 
 import numpy as np
@@ -36,17 +37,19 @@ def _pydensecrf_task(args: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
 
 
 _POOLS: dict[int, multiprocessing.pool.Pool] = {}
+_POOLS_LOCK = threading.Lock()  # threads of one process (the web demo's requests) create a pool once
 
 
 def _get_pool(n_workers: int) -> multiprocessing.pool.Pool:
     """A persistent worker pool (reused across calls; closed at exit or by shutdown_crf_pools)."""
-    pool = _POOLS.get(n_workers)
-    if pool is None:
-        # fork: workers only run NumPy + pydensecrf (never torch), and need no re-import of __main__.
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-        pool = _POOLS[n_workers] = ctx.Pool(n_workers)
-    return pool
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n_workers)
+        if pool is None:
+            # fork: workers only run NumPy + pydensecrf (never torch), and need no re-import of __main__.
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+            pool = _POOLS[n_workers] = ctx.Pool(n_workers)
+        return pool
 
 
 def shutdown_crf_pools() -> None:

@@ -2,6 +2,7 @@
 the entry points set up logging before the heavy imports); it is re-exported here."""
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -9,6 +10,18 @@ import torch
 
 from .distributed import env_local_rank
 from .logs import extra_log_file, setup_logging  # noqa: F401  (re-exported)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), where the bf16 GEMM beats fp32
+    (reco.retrieval.retrieve_top_k's `fast_bf16`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -19,9 +19,11 @@ from typing import Optional
 from PIL import Image
 
 from datasets import imagenet
-from image_index.storage import (REBUILD_HINT, ImageNetIndex, IndexNotFoundError, ensure_index, index_dir,
-                                 index_tag, load_index, published_pickle_hint, published_pickle_path)
-from utils.config import ConfigError, RecoConfig, require_dir
+from image_index.published import ensure_index
+from image_index.storage import (REBUILD_HINT, ImageNetIndex, IndexNotFoundError, index_dir, index_tag, load_index,
+                                 missing_index_message, published_pickle_hint, published_pickle_path)
+from reco_api.settings import CollectionSettings
+from utils.config import ConfigError, require_dir
 
 INDEX_FOLDER = "index"
 
@@ -47,10 +49,18 @@ class Collection:
         """The authors' pickle that replaces the build (ImageNet only)."""
         return published_pickle_path(self.root, self.clip_arch, self.name) if self.is_imagenet else None
 
-    def index_exists(self) -> bool:
+    def index_available(self) -> bool:
         """True if the index is built or the authors' pickle is there to be converted."""
         pickle = self.published_pickle
         return self.index_dir.exists() or (pickle is not None and pickle.is_file())
+
+    def require_index(self) -> None:
+        """IndexNotFoundError saying how to build the index, unless it is available."""
+        if self.index_available():
+            return
+        if self.is_imagenet:
+            raise IndexNotFoundError(missing_index_message(self.root, self.clip_arch, self.name))
+        raise IndexNotFoundError(self._missing_folder_index_message())
 
     def list_images(self) -> list[Path]:
         """The images to index, in index row order."""
@@ -79,9 +89,12 @@ class Collection:
         if self.is_imagenet:
             return ensure_index(self.root, self.clip_arch, self.name, expected_dim=expected_dim)
         if not self.index_dir.exists():
-            raise IndexNotFoundError(f"no index of collection_dir {self.root} for clip_arch={self.clip_arch!r}: "
-                                     f"expected {self.index_dir}/. Build it with `{REBUILD_HINT}`")
+            raise IndexNotFoundError(self._missing_folder_index_message())
         return load_index(self.index_dir, expected_dim=expected_dim, expected_arch=self.clip_arch)
+
+    def _missing_folder_index_message(self) -> str:
+        return (f"no index of collection_dir {self.root} for clip_arch={self.clip_arch!r}: expected "
+                f"{self.index_dir}/. Build it with `{REBUILD_HINT}`")
 
     def missing_images_message(self) -> str:
         if self.is_imagenet:
@@ -98,13 +111,13 @@ def _inside_collection(filename: str, basename_only: bool) -> bool:
     return not basename_only or (len(path.parts) == 1 and not filename.startswith("."))
 
 
-def collection_of(config: RecoConfig) -> Collection:
-    """The config's retrieval collection (its directory must exist)."""
-    if config.collection_dir is None:
-        return Collection("dir_imagenet", require_dir(config, "dir_imagenet"), config.imagenet_split,
-                          config.clip_arch, is_imagenet=True)
-    root = require_dir(config, "collection_dir").resolve()
-    return Collection("collection_dir", root, config.collection_label, config.clip_arch, is_imagenet=False)
+def collection_of(settings: CollectionSettings, clip_arch: str) -> Collection:
+    """The retrieval collection indexed with `clip_arch` (its directory must exist)."""
+    if settings.collection_dir is None:
+        return Collection("dir_imagenet", require_dir(settings, "dir_imagenet"), settings.imagenet_split,
+                          clip_arch, is_imagenet=True)
+    root = require_dir(settings, "collection_dir").resolve()
+    return Collection("collection_dir", root, settings.label, clip_arch, is_imagenet=False)
 
 
 def image_extensions() -> frozenset[str]:

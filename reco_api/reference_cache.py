@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from entry.reference_setting import category_setting, setting_differences, setting_hash, used_contexts
+from reco_api.reference_setting import category_setting, setting_differences, setting_hash
+from reco_api.settings import ReferenceSettings
 from reco.references import ReferenceCache
-from utils.config import RecoConfig
 from utils.io import torch_save
 from utils.naming import fit_file_name, slug
 
@@ -27,14 +27,15 @@ class FileReferenceCache(ReferenceCache):
     record it was computed with; an entry whose record does not match the current setting is recomputed.
     """
 
-    def __init__(self, root: Path, config: RecoConfig) -> None:
-        self.setting = category_setting(config)
+    def __init__(self, settings: ReferenceSettings) -> None:
+        self.setting = category_setting(settings)
+        models = settings.models
         readable = "_".join([
-            slug(config.encoder_arch), "retrieval", slug(config.clip_arch), config.retrieval_tag,
-            f"k{config.n_imgs}",
-        ] + ([f"ta_{slug(config.dense_clip_arch)}"] if config.text_attention else [])
-          + (["slicebug"] if config.reproduce_seed_slice_bug else []))
-        self.directory = Path(root) / f"{readable}_{setting_hash(self.setting)}"
+            slug(models.encoder.arch), "retrieval", slug(models.clip.arch), settings.collection.retrieval_tag,
+            f"k{settings.n_imgs}",
+        ] + ([f"ta_{slug(models.dense_clip.arch)}"] if models.text_attention else [])
+          + (["slicebug"] if settings.reproduce_seed_slice_bug else []))
+        self.directory = Path(settings.cache_root) / f"{readable}_{setting_hash(self.setting)}"
         self._loaded: dict[Path, Optional[torch.Tensor]] = {}  # each file is read at most once per run
 
     def _path(self, name: str, contexts: tuple[str, ...]) -> Path:
@@ -73,20 +74,16 @@ class FileReferenceCache(ReferenceCache):
         self._loaded[path] = reference.detach().cpu().float()
 
 
-def reference_cache_root(config: RecoConfig) -> Path:
-    return Path(config.reference_cache_dir or Path(config.dir_ckpt) / "references")
-
-
-def references_to_compute(config: RecoConfig, names: Sequence[str], cache: FileReferenceCache) -> list[str]:
+def references_to_compute(settings: ReferenceSettings, names: Sequence[str], cache: FileReferenceCache) -> list[str]:
     """The names among `names` whose reference must be computed: neither in the cache nor reusing a
     context's reference (an alias). A context is looked up with the contexts before it eliminated."""
-    contexts = used_contexts(config)
-    return [name for name in names if not _cached_or_aliased(name, cache, contexts, config)]
+    contexts = settings.contexts
+    return [name for name in names if not _cached_or_aliased(name, cache, contexts, settings.aliases)]
 
 
-def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], config: RecoConfig) -> bool:
+def _cached_or_aliased(name: str, cache: FileReferenceCache, contexts: list[str], aliases: dict[str, str]) -> bool:
     if name in contexts:
         return cache.get(name, tuple(contexts[:contexts.index(name)])) is not None
-    if config.reference_aliases.get(name) in contexts:
+    if aliases.get(name) in contexts:
         return True
     return cache.get(name, tuple(contexts)) is not None

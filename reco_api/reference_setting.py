@@ -17,7 +17,6 @@ or an absent file matches any recorded weights of that name: the model is then n
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import Any, Optional
 from networks.clip import openai_checkpoint_name
 from networks.encoder_registry import encoder_names, get_encoder
 from networks.weights import weights_source
-from utils.config import RecoConfig
+from reco_api.settings import ModelSpec, ReferenceSettings, paper_references
 
 logger = logging.getLogger("reco")
 
@@ -51,37 +50,34 @@ def weights_identity(value: Optional[str]) -> Record:
     return {"kind": kind}
 
 
-def used_contexts(config: RecoConfig) -> list[str]:
-    """The context categories eliminated, in order ([] without context elimination)."""
-    return list(config.context_categories) if config.context_elimination else []
-
-
-def category_setting(config: RecoConfig) -> Record:
+def category_setting(settings: ReferenceSettings) -> Record:
     """What one category's reference embedding depends on, besides the contexts it eliminated."""
+    models = settings.models
     return {
-        "encoder": _model(config.encoder_arch, config.weights.encoder),
-        "retrieval_clip": _model(config.clip_arch, config.weights.clip),
-        "retrieved_from": config.retrieval_tag,  # in_{split} (ImageNet) or col_{name} (collection_dir)
-        "n_imgs": config.n_imgs,
-        "text_attention": _model(config.dense_clip_arch, config.weights.dense_clip) if config.text_attention else None,
-        "reproduce_seed_slice_bug": config.reproduce_seed_slice_bug,
+        "encoder": _model(models.encoder),
+        "retrieval_clip": _model(models.clip),
+        "retrieved_from": settings.collection.retrieval_tag,  # in_{split} (ImageNet) or col_{name} (a folder)
+        "n_imgs": settings.n_imgs,
+        "text_attention": _model(models.dense_clip) if models.text_attention else None,
+        "reproduce_seed_slice_bug": settings.reproduce_seed_slice_bug,
     }
 
 
-def reference_setting(config: RecoConfig) -> Record:
+def reference_setting(settings: ReferenceSettings) -> Record:
     """What the reference embeddings of a category list depend on (the sidecar of the reference pickle).
 
     Aliases are kept only where they take effect (their target is an eliminated context).
     """
-    contexts = used_contexts(config)
-    aliases = {name: target for name, target in sorted(config.reference_aliases.items()) if target in contexts}
-    return {**category_setting(config), "context_categories": contexts, "reference_aliases": aliases}
+    contexts = settings.contexts
+    aliases = {name: target for name, target in sorted(settings.aliases.items()) if target in contexts}
+    return {**category_setting(settings), "context_categories": contexts, "reference_aliases": aliases}
 
 
-def run_setting(config: RecoConfig) -> Record:
+def run_setting(settings: ReferenceSettings) -> Record:
     """What a benchmark run's predictions depend on: the references, and DenseCLIP at inference."""
-    dense = _model(config.dense_clip_arch, config.weights.dense_clip) if config.dense_clip_inference else None
-    return {**reference_setting(config), "dense_clip_inference": dense}
+    models = settings.models
+    dense = _model(models.dense_clip) if models.dense_clip_inference else None
+    return {**reference_setting(settings), "dense_clip_inference": dense}
 
 
 def setting_hash(record: Record) -> str:
@@ -90,37 +86,37 @@ def setting_hash(record: Record) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def is_paper_setting(config: RecoConfig, strict: bool = False) -> bool:
+def is_paper_setting(settings: ReferenceSettings, strict: bool = False) -> bool:
     """True if the reference setting is the paper's in everything the experiment name does not spell out.
 
     The experiment name already holds the ImageNet split (or the collection), context elimination on/off
     and text attention on/off, and the pickle name holds k; `strict` also requires the paper's values of those (the setting
     the authors published their pickles for).
     """
-    paper = _paper_config(config, strict)
-    return _naming_form(reference_setting(config)) == _naming_form(reference_setting(paper))
+    paper = paper_references(settings, strict)
+    return _naming_form(reference_setting(settings)) == _naming_form(reference_setting(paper))
 
 
-def reference_experiment_name(config: RecoConfig) -> str:
+def reference_experiment_name(settings: ReferenceSettings) -> str:
     """The experiment name of the reference pickle: the original name, plus a setting hash unless paper."""
-    if is_paper_setting(config):
-        return config.experiment_name
-    return f"{config.experiment_name}_{setting_hash(reference_setting(config))}"
+    if is_paper_setting(settings):
+        return settings.experiment_name
+    return f"{settings.experiment_name}_{setting_hash(reference_setting(settings))}"
 
 
-def run_experiment_name(config: RecoConfig) -> str:
+def run_experiment_name(settings: ReferenceSettings) -> str:
     """The run directory's experiment name: reference_experiment_name + '_dc' with DenseCLIP inference.
 
     With text attention the DenseCLIP is already in the reference setting; without it, a non-paper
     DenseCLIP adds its own hash.
     """
-    name = reference_experiment_name(config)
-    if not config.dense_clip_inference:
+    name = reference_experiment_name(settings)
+    if not settings.models.dense_clip_inference:
         return name
     name += "_dc"
-    dense = run_setting(config)["dense_clip_inference"]
-    paper_dense = run_setting(_paper_config(config))["dense_clip_inference"]
-    if config.text_attention or _naming_form(dense) == _naming_form(paper_dense):
+    dense = run_setting(settings)["dense_clip_inference"]
+    paper_dense = run_setting(paper_references(settings))["dense_clip_inference"]
+    if settings.models.text_attention or _naming_form(dense) == _naming_form(paper_dense):
         return name
     return f"{name}_{setting_hash(dense)}"
 
@@ -161,8 +157,8 @@ def read_sidecar(path: Path) -> Optional[Record]:
     return setting if isinstance(setting, dict) else None
 
 
-def _model(arch: str, weights: Optional[str]) -> Record:
-    return {"arch": arch, "weights": weights_identity(weights)}
+def _model(spec: ModelSpec) -> Record:
+    return {"arch": spec.arch, "weights": weights_identity(spec.weights)}
 
 
 def _is_model(node: Any) -> bool:
@@ -213,12 +209,3 @@ def _naming_form(record: Any) -> Any:
 
     return visit(record)
 
-
-def _paper_config(config: RecoConfig, strict: bool = False) -> RecoConfig:
-    """The paper's setting (RecoConfig's defaults), keeping what the experiment name spells out unless `strict`."""
-    paper = RecoConfig(dir_ckpt=config.dir_ckpt)  # weights unset: canonical
-    if strict:
-        return paper
-    return dataclasses.replace(paper, imagenet_split=config.imagenet_split, collection_dir=config.collection_dir,
-                               collection_name=config.collection_name, n_imgs=config.n_imgs,
-                               context_elimination=config.context_elimination, text_attention=config.text_attention)

@@ -1,0 +1,48 @@
+"""Where a benchmark run writes: its run directory, the benchmark's reference pickle, and the
+co-segmentation pictures (shared by the paper benchmarks and the open-vocabulary ones)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from reco_api.reference_setting import reference_experiment_name, run_experiment_name
+from reco_api.settings import reference_settings
+from utils import timing
+from utils.config import RecoConfig
+from utils.crf import denormalise_image
+from utils.naming import file_name_part
+from utils.visualise import save_cosegmentation
+
+
+def run_dir_of(config: RecoConfig, split: str) -> Path:
+    """{dir_ckpt}/{dataset_name}/{split}/reco/{experiment}[_dc]/k{n_imgs:03d} (SPEC 11).
+
+    The experiment name carries a setting hash unless the setting is the paper's (reco_api.reference_setting).
+    """
+    experiment = run_experiment_name(reference_settings(config))
+    return Path(config.dir_ckpt) / config.dataset_name / split / "reco" / experiment / f"k{config.n_imgs:03d}"
+
+
+def reference_pickle_path(config: RecoConfig) -> Path:
+    """{dir_dataset}/{experiment}_cat_to_img_feature_k{n_imgs}.pkl, the authors' file name for the paper's
+    setting (SPEC 8); other settings add their hash to the experiment name."""
+    experiment = reference_experiment_name(reference_settings(config))
+    return Path(config.dir_dataset) / f"{experiment}_cat_to_img_feature_k{config.n_imgs}.pkl"
+
+
+def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, torch.Tensor], None]:
+    """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps
+    (a name that cannot be a file name as it is gets a safe one, utils.naming.file_name_part; the title
+    keeps the real name)."""
+
+    def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
+        with timing.stage("writing"):
+            size = tuple(images.shape[-2:])
+            maps = F.interpolate(similarity[:5, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            save_cosegmentation(run_dir / f"coseg_{file_name_part(name)}.png", denormalise_image(images[:5].cpu()),
+                                maps.cpu().numpy(), title=name)
+
+    return visualise
