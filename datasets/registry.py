@@ -24,9 +24,8 @@ from utils.registry import Registry
 
 from .ovss_layout import VOC2010_CONTEXT, VOC2012, OvssLayout
 
-# A reader is a callable (spec, root, split) -> the split's dataset (a datasets.benchmarks.BenchmarkDataset),
-# or "module:attribute" naming one; it receives its own spec (name, splits, layout) rather than repeating
-# its registry name.
+# A reader is a callable (spec, root, split) -> BenchmarkDataset, or "module:attribute" naming one; it
+# receives its own spec (name, splits, layout) rather than repeating its registry name.
 Reader = Union[str, Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]]
 # Metadata is a JSON file name in datasets/metadata/, or a zero-argument loader returning the value.
 Names = Union[str, Callable[[], Sequence[str]]]

@@ -133,6 +133,5 @@ def inference_settings(config: RecoConfig) -> InferenceSettings:
 
 
 def crf_settings(config: RecoConfig, device: Union[str, torch.device, None]) -> CrfSettings:
-    """The CRF backend for the device ('auto' resolved) and its pool size (crf_workers; its declared
-    fallback, n_workers, resolved by utils.config.effective)."""
+    """The CRF backend for the device ('auto' resolved) and its pool size (crf_workers, else n_workers)."""
     return CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))

@@ -107,8 +107,7 @@ FORBIDDEN = [
      ("reco_plus", "entry", "image_index", "reco_api", "benchmarks", "tests", *SCRIPTS)),
 ]
 
-# The program (entry/) is imported by the entry scripts and the tests only (the config checks are the
-# library's: reco_api/config_checks.py).
+# The program (entry/) is imported by the entry scripts and the tests only.
 PROGRAM_IMPORTERS = ("entry", "tests", *SCRIPTS)
 PROGRAM_EXCEPTIONS: set[tuple[str, str]] = set()
 
