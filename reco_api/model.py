@@ -61,7 +61,7 @@ class ReCo:
     ) -> None:
         self.config = check_reco_names(config)
         if isinstance(device, str):
-            check_device_name(device)
+            check_device_name(device)  # the device argument is checked as the key would be
         self.device = resolve_device(str(device) if device is not None else config.device)
         self.settings = reference_settings(config)
         self.inference = inference_settings(config)
