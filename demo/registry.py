@@ -51,6 +51,24 @@ def colour_model_specs(vocabulary: dict[str, int], colours: Sequence[tuple[int, 
     )
 
 
+def register_colour_models(vocabulary: dict[str, int], colours: Sequence[tuple[int, int, int]]) -> None:
+    """Register the three colour-coded architectures for the rest of the process (the Python API's
+    demo_model); entries of an earlier world are replaced. `unregister_colour_models` removes them."""
+    unregister_colour_models()
+    clip, dense_clip, encoder = colour_model_specs(vocabulary, colours)
+    register_clip(clip)
+    register_clip(dense_clip)
+    register_encoder(encoder)
+
+
+def unregister_colour_models() -> None:
+    """Remove the colour-coded architectures (nothing happens for those not registered)."""
+    for remove, name in ((unregister_clip, CLIP_ARCH), (unregister_clip, DENSE_CLIP_ARCH),
+                         (unregister_encoder, ENCODER_ARCH)):
+        with contextlib.suppress(KeyError, ValueError):
+            remove(name)
+
+
 @contextlib.contextmanager
 def colour_model_entries(vocabulary: dict[str, int], colours: Sequence[tuple[int, int, int]]) -> Iterator[None]:
     """Within the block, the three colour-coded architectures are registered (removed again after it)."""

@@ -20,6 +20,16 @@ import numpy as np
 from PIL import Image
 
 SCENE_CLASSES = ("road", "building", "vegetation", "sky", "car")
+OWN_CLASSES = list(SCENE_CLASSES)  # the demo's own images are segmented with these names
+
+
+def demo_words(context_categories: Sequence[str]) -> list[str]:
+    """Every word of the demo world, in the order that fixes its colours: the Cityscapes classes, the
+    config's contexts, the own images' classes. The command line's --demo and the API's demo_model both
+    derive the world's colours from this list, so they agree."""
+    from datasets import metadata
+
+    return metadata.categories("cityscapes") + list(context_categories) + OWN_CLASSES
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "road": (255, 0, 255), "building": (255, 0, 0), "vegetation": (0, 255, 0),
     "sky": (0, 0, 255), "car": (255, 255, 0),

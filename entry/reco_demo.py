@@ -23,9 +23,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from datasets import metadata
 from demo.registry import CLIP_ARCH, DENSE_CLIP_ARCH, ENCODER_ARCH, colour_model_entries
-from demo.world import SCENE_CLASSES, colour_world, write_cityscapes, write_imagenet, write_photos
+from demo.world import OWN_CLASSES, colour_world, demo_words, write_cityscapes, write_imagenet, write_photos
 from utils import timing
 from utils.config import ConfigError, load_reco_config
 
@@ -33,7 +32,6 @@ logger = logging.getLogger("reco")
 
 DEFAULT_OUT = "reco_demo"
 MARKER = ".reco_demo"  # marks a folder written by the demo, which a later --demo may overwrite
-OWN_CLASSES = list(SCENE_CLASSES)  # the own images are segmented with these names
 MIOU_EXPECTED = 0.9  # the colour-coded models segment the scenes almost perfectly (the tests check it)
 
 
@@ -84,7 +82,7 @@ def run_demo(out: Optional[str] = None, device: Optional[str] = None) -> dict[st
                            "# architectures named here are registered only while the demo runs).\n"
                            + yaml.safe_dump(demo_config(out_dir, device or "cpu"), sort_keys=False))
     config = load_reco_config(config_path)
-    words = metadata.categories("cityscapes") + list(config.context_categories) + OWN_CLASSES
+    words = demo_words(config.context_categories)
     vocabulary, colours, expected = write_world(out_dir, words)
     logger.info("demo: synthetic world written to %s", out_dir / "world")
 

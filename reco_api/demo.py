@@ -2,6 +2,7 @@
 
     python -m reco_api.demo --config configs/reco_custom.yaml [--port 7860] [--host 127.0.0.1]
         [--max-upload-mb 25] [--max-queue 16] [--concurrency 2] [--keep-files-minutes 60]
+    python -m reco_api.demo --demo [--out reco_demo]   # the demo world, no weights (after main_reco.py --demo)
 
 The models are built once, when the server starts, and serve every request; the reference embedding
 of a class name is computed on its first request (progress is shown) and reused after that, also
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python reco_api
 
 import gradio as gr  # noqa: E402
 
+from reco_api.demo_world import DEFAULT_DEMO_DIR, DEMO_CLASSES, demo_model  # noqa: E402
 from reco_api.model import ReCo  # noqa: E402
 from utils.device import setup_logging  # noqa: E402
 
@@ -133,7 +135,11 @@ def own_files_folder() -> Path:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="ReCo YAML config, e.g. configs/reco_custom.yaml")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="ReCo YAML config, e.g. configs/reco_custom.yaml")
+    source.add_argument("--demo", action="store_true",
+                        help="serve the demo world that `python main_reco.py --demo` wrote (no weights needed)")
+    p.add_argument("--out", default=DEFAULT_DEMO_DIR, help=f"with --demo: its folder (default {DEFAULT_DEMO_DIR})")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--device", help="override the config's device (auto, cpu, cuda, cuda:1)")
@@ -156,13 +162,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: {flag} must be > 0, got {value}", file=sys.stderr)
             return 2
     try:
-        model = ReCo.from_config(args.config, device=args.device)
+        model = (demo_model(args.out, device=args.device) if args.demo
+                 else ReCo.from_config(args.config, device=args.device))
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     files = own_files_folder()
     try:
-        demo = build_demo(model, ", ".join(model.config.categories or []), args.concurrency, args.max_queue,
+        default_classes = DEMO_CLASSES if args.demo else ", ".join(model.config.categories or [])
+        demo = build_demo(model, default_classes, args.concurrency, args.max_queue,
                           60 * args.keep_files_minutes, args.max_upload_mb)
         launch(demo, args.host, args.port, args.max_upload_mb)  # returns when the server stops (Ctrl-C)
     finally:

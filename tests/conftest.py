@@ -59,3 +59,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory):
+    """`python main_reco.py --demo` run once per session: (its folder, what it printed). Tests that only
+    read the world, or serve it through the API or the web demo, share it."""
+    import contextlib
+    import io
+
+    import main_reco
+
+    out = tmp_path_factory.mktemp("demo_world") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main_reco.main(["--demo", "--out", str(out)]) == 0
+    return out, printed.getvalue()

@@ -6,10 +6,8 @@ import pytest
 import main_reco
 
 
-def test_demo_reaches_the_known_answer_and_says_where_things_are(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main_reco.main(["--demo", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+def test_demo_reaches_the_known_answer_and_says_where_things_are(demo_world, tmp_path, capsys):
+    out, printed = demo_world
 
     from entry.reco_benchmark import run_dir_of
     from utils.config import load_reco_config

@@ -114,8 +114,11 @@ def read_fractions(chromium):
     return {name: float(value.rstrip("%")) for name, value in json.loads(pairs)}
 
 
-def test_demo_in_a_real_browser(tmp_path, browser, colour_setup, monkeypatch, lookups):
-    model = ReCo.from_config(colour_setup, image_short_side=128)  # small: the CRF stays fast
+def test_demo_in_a_real_browser(tmp_path, browser, demo_world, monkeypatch, lookups):
+    """The demo world served as `python -m reco_api.demo --demo` serves it: the newcomer's known answer."""
+    from demo.registry import unregister_colour_models
+
+    model = web.demo_model(demo_world[0], image_short_side=128)  # small: the CRF stays fast
     demo, url = launch(model, tmp_path, monkeypatch)
     try:
         assert demo.server_name == "127.0.0.1" and not demo.analytics_enabled
@@ -153,6 +156,7 @@ def test_demo_in_a_real_browser(tmp_path, browser, colour_setup, monkeypatch, lo
         browser.wait_for("document.body.innerText.includes('duplicate class names')", timeout=30)
     finally:
         demo.close()
+        unregister_colour_models()
     assert lookups == []  # no telemetry, no version check, no web fonts resolved by the server
 
 
