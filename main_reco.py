@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> None:
         run_demo(args.out, device=args.device)
         return
     config = load_reco_config(args.config, {"device": args.device, "suffix": args.suffix})
-    from entry.validation import check_reco_names  # the registries: the first heavy import
+    # The library's loader (reco_api.config_checks.reco_config) makes the same checks in one call; the
+    # registries come with the first heavy import, so they are checked after the config file.
+    from reco_api.config_checks import check_reco_names
     from utils import timing
     from utils.device import seed_everything
 

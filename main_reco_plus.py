@@ -52,13 +52,12 @@ def run(args: argparse.Namespace) -> None:
     check_device_argument(args.device)
     config = load_reco_plus_config(args.config, {"device": args.device})
     from entry.reco_plus import evaluate_weights, train_run  # the heavy imports (torch, timm)
-    from entry.validation import check_reco_plus_names
+    from networks.config_registries import check_config_names  # reco_api's loader would bring the ReCo stage
     from utils import timing
+    from utils.device import resolve_device
     from utils.distributed import env_rank
 
-    from utils.device import resolve_device
-
-    config = check_reco_plus_names(config)
+    config = check_config_names(config)
     resolve_device(config.device)  # an unusable device is named before the inputs are listed
     check_reco_plus_inputs(config, args.weights)  # every missing input in one message, before any work
     with timing.run() as timer:

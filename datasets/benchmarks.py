@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .registry import get_benchmark
+from .registry import BenchmarkSpec, get_benchmark
 from .transforms import EVAL_SIZE, eval_image_transform, eval_label_transform, full_resolution_image_transform
 
 
@@ -91,15 +91,17 @@ def _size_or(path: str | os.PathLike, unreadable: Optional[tuple[int, int]]) -> 
 class BenchmarkDataset(Dataset):
     """Base class: subclasses fill the three lists and implement `load_label` (full-resolution ids).
 
-    Attributes: dataset_name, split, root, image_paths, label_paths, names (relative pseudo-mask paths),
-    resize (True: SPEC 10 320x320 evaluation geometry; False: full resolution).
+    Attributes: spec (the registry entry it was built from), dataset_name (the spec's name), split, root,
+    image_paths, label_paths, names (relative pseudo-mask paths), resize (True: SPEC 10 320x320 evaluation
+    geometry; False: full resolution).
     """
 
-    dataset_name: str = ""
     resize: bool = True
 
-    def __init__(self, root: str | os.PathLike, split: str, image_paths: list[Path],
+    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike, split: str, image_paths: list[Path],
                  label_paths: list[Path], names: list[str]) -> None:
+        self.spec = spec
+        self.dataset_name = spec.name
         if not (len(image_paths) == len(label_paths) == len(names)):
             raise ValueError("image_paths, label_paths and names must have equal lengths")
         if not image_paths:
@@ -180,9 +182,9 @@ def build_benchmark(dataset_name: str, root: str | os.PathLike, split: str) -> B
     return get_benchmark(dataset_name).build(root, split)
 
 
-def check_split(dataset_name: str, split: str, known: Optional[Sequence[str]] = None) -> None:
-    """ValueError unless `split` is in `known`, by default the splits the registry declares for
-    `dataset_name` (readers call this, so building a reader directly is checked as well)."""
-    splits = tuple(get_benchmark(dataset_name).splits if known is None else known)
+def check_split(spec: BenchmarkSpec, split: str, known: Optional[Sequence[str]] = None) -> None:
+    """ValueError unless `split` is in `known`, by default the splits `spec` declares (readers call this,
+    so building a reader directly is checked as well)."""
+    splits = tuple(spec.splits if known is None else known)
     if split not in splits:
-        raise ValueError(f"{dataset_name}: unknown split {split!r}; known: {', '.join(splits)}")
+        raise ValueError(f"{spec.name}: unknown split {split!r}; known: {', '.join(splits)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .benchmarks import BenchmarkDataset, check_split, load_array, require_directory, require_files
+from .registry import BenchmarkSpec
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -46,13 +47,12 @@ def list_cityscapes(root: str | os.PathLike, split: str) -> tuple[list[Path], li
 class CityscapesBenchmark(BenchmarkDataset):
     """Cityscapes split 'val' (evaluation, 500 images) or 'train' (pseudo-masks, 2,975 images)."""
 
-    dataset_name = "cityscapes"
     resize = True
 
-    def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
-        check_split(self.dataset_name, split)
+    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike, split: str = "val") -> None:
+        check_split(spec, split)
         images, labels = list_cityscapes(root, split)
-        super().__init__(root, split, images, labels, [p.name for p in labels])
+        super().__init__(spec, root, split, images, labels, [p.name for p in labels])
 
     def load_label(self, path: Path) -> np.ndarray:
         label_ids = load_array(path)

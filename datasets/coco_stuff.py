@@ -21,6 +21,7 @@ import numpy as np
 from .benchmarks import (BenchmarkDataset, UnreadableImageError, check_split, load_array, require_directory,
                          require_files)
 from .metadata import coco_stuff_label_id_to_coarse
+from .registry import BenchmarkSpec
 
 CURATED_VAL_LIST = Path("curated") / "val2017" / "Coco164kFull_Stuff_Coarse.txt"
 UNLABELED_PNG = 255
@@ -89,18 +90,17 @@ def load_mat_label(path: Path) -> np.ndarray:
 class CocoStuffBenchmark(BenchmarkDataset):
     """COCO-Stuff 'val' (curated, 2,175 images) or 'train' (COCO-Stuff-10k train.txt, 9,000 images)."""
 
-    dataset_name = "coco_stuff"
     resize = True
 
-    def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
-        check_split(self.dataset_name, split)
+    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike, split: str = "val") -> None:
+        check_split(spec, split)
         self.is_10k = split == "train"
         if self.is_10k:
             images, labels = self._list_10k(root)
         else:
             images, labels = self._list_curated_val(root)
         names = [p.with_suffix(".png").name for p in labels]
-        super().__init__(root, split, images, labels, names)
+        super().__init__(spec, root, split, images, labels, names)
 
     @staticmethod
     def _list_curated_val(root: str | os.PathLike) -> tuple[list[Path], list[Path]]:

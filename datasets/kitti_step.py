@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .benchmarks import BenchmarkDataset, check_split, load_array, require_directory
+from .registry import BenchmarkSpec
 
 N_CLASSES = 19
 
@@ -56,14 +57,13 @@ def list_kitti_step(root: str | os.PathLike, split: str) -> tuple[list[Path], li
 class KittiStepBenchmark(BenchmarkDataset):
     """KITTI-STEP split 'val' (evaluation, 2,981 frames) or 'train' (pseudo-masks, 5,027 frames)."""
 
-    dataset_name = "kitti_step"
     resize = False
 
-    def __init__(self, root: str | os.PathLike, split: str = "val") -> None:
-        check_split(self.dataset_name, split)
+    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike, split: str = "val") -> None:
+        check_split(spec, split)
         images, labels = list_kitti_step(root, split)
         names = [f"{p.parent.name}/{p.name}" for p in labels]
-        super().__init__(root, split, images, labels, names)
+        super().__init__(spec, root, split, images, labels, names)
 
     def load_label(self, path: Path) -> np.ndarray:
         return kitti_step_panoptic_to_eval(load_array(path, mode="RGB"))

@@ -26,7 +26,7 @@ import numpy as np
 from .benchmarks import AnnotationMismatchError, BenchmarkDataset, check_split, load_array, require_directory, require_files
 from .metadata import ovss_classes, ovss_metadata_path
 from .ovss_layout import OvssLayout
-from .registry import BENCHMARKS, get_benchmark
+from .registry import BENCHMARKS, BenchmarkSpec, get_benchmark
 
 IGNORE_VALUE = 255
 
@@ -59,13 +59,12 @@ class OvssBenchmark(BenchmarkDataset):
 
     resize = False
 
-    def __init__(self, dataset_name: str, root: str | os.PathLike, split: str = "val") -> None:
-        self.layout = ovss_layout(dataset_name)
-        self.dataset_name = dataset_name
-        check_split(dataset_name, split, ("val",))
-        self.n_classes = len(ovss_classes(dataset_name))
-        images, labels = list_ovss(dataset_name, root)
-        super().__init__(root, split, images, labels, [p.relative_to(Path(root)).as_posix() for p in labels])
+    def __init__(self, spec: BenchmarkSpec, root: str | os.PathLike, split: str = "val") -> None:
+        self.layout = ovss_layout(spec.name)
+        check_split(spec, split, ("val",))
+        self.n_classes = len(ovss_classes(spec.name))
+        images, labels = list_ovss(spec.name, root)
+        super().__init__(spec, root, split, images, labels, [p.relative_to(Path(root)).as_posix() for p in labels])
 
     def load_label(self, path: Path) -> np.ndarray:
         label = load_array(path)

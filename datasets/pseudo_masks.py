@@ -21,23 +21,30 @@ from torch.utils.data import Dataset
 
 from .augmentations import IGNORE_INDEX, augment, no_augment, sample_rng
 from .benchmarks import build_benchmark, load_rgb
-
-# Where the masks of each benchmark live below dir_pseudo_masks.
-MASK_GLOBS = {"cityscapes": "*_gtFine_labelIds.png", "coco_stuff": "*.png", "kitti_step": "*/*.png"}
+from .registry import BENCHMARKS, get_benchmark
 
 
 class PseudoMaskError(ValueError):
     """The pseudo-mask directory does not match the training images."""
 
 
+def mask_glob(dataset_name: str) -> str:
+    """Where the pseudo-masks of `dataset_name` lie below dir_pseudo_masks (its registry entry's
+    pseudo_mask_glob); a ValueError naming the benchmarks that have one otherwise."""
+    glob = get_benchmark(dataset_name).pseudo_mask_glob
+    if glob is None:
+        known = BENCHMARKS.names(lambda spec: spec.pseudo_mask_glob is not None)
+        raise ValueError(f"dataset_name {dataset_name!r} has no pseudo-masks for ReCo+; known: {', '.join(known)}")
+    return glob
+
+
 def list_pseudo_masks(dir_pseudo_masks: str | os.PathLike, dataset_name: str) -> set[str]:
     """Relative paths ('a.png' or 'seq/a.png') of the pseudo-masks present for `dataset_name`."""
-    if dataset_name not in MASK_GLOBS:
-        raise ValueError(f"unknown dataset_name {dataset_name!r}; known: {', '.join(MASK_GLOBS)}")
+    glob = mask_glob(dataset_name)
     root = Path(dir_pseudo_masks)
     if not root.is_dir():
         raise PseudoMaskError(f"dir_pseudo_masks: directory not found: {root}")
-    return {p.relative_to(root).as_posix() for p in root.glob(MASK_GLOBS[dataset_name]) if p.is_file()}
+    return {p.relative_to(root).as_posix() for p in root.glob(glob) if p.is_file()}
 
 
 def pair_pseudo_masks(names: Sequence[str], dir_pseudo_masks: str | os.PathLike, dataset_name: str) -> list[Path]:
@@ -47,7 +54,7 @@ def pair_pseudo_masks(names: Sequence[str], dir_pseudo_masks: str | os.PathLike,
     missing, extra = sorted(expected - present), sorted(present - expected)
     if missing or extra:
         lines = [f"dir_pseudo_masks {dir_pseudo_masks} does not match the {len(expected)} {dataset_name} "
-                 f"training images ({len(present)} masks '{MASK_GLOBS[dataset_name]}' found):"]
+                 f"training images ({len(present)} masks '{mask_glob(dataset_name)}' found):"]
         if missing:
             lines.append(f"  {len(missing)} image(s) without a pseudo-mask, e.g. " + ", ".join(missing[:5]))
         if extra:

@@ -5,7 +5,7 @@ mapping come from; `datasets.metadata` and `datasets.benchmarks.build_benchmark`
 Readers and metadata are referenced lazily ("module:attribute" strings and JSON file names), because
 the reader and metadata modules import this registry: it names them and never imports them.
 
-To add a benchmark: write its reader (a `BenchmarkDataset` subclass taking `(root, split)`), put its
+To add a benchmark: write its reader (a `BenchmarkDataset` subclass taking `(spec, root, split)`), put its
 class list and palette into `datasets/metadata/`, and add one `BenchmarkSpec(...)` to `_SPECS` below
 (or call `register_benchmark(spec)` from a test or plugin).
 """
@@ -24,9 +24,9 @@ from utils.registry import Registry
 
 from .ovss_layout import VOC2010_CONTEXT, VOC2012, OvssLayout
 
-# A reader is a callable (root, split) -> the split's dataset (a datasets.benchmarks.BenchmarkDataset),
-# or "module:attribute" naming one.
-Reader = Union[str, Callable[[Union[str, os.PathLike], str], Dataset]]
+# A reader is a callable (spec, root, split) -> BenchmarkDataset, or "module:attribute" naming one; it
+# receives its own spec (name, splits, layout) rather than repeating its registry name.
+Reader = Union[str, Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]]
 # Metadata is a JSON file name in datasets/metadata/, or a zero-argument loader returning the value.
 Names = Union[str, Callable[[], Sequence[str]]]
 Colours = Union[str, Callable[[], np.ndarray]]
@@ -39,7 +39,7 @@ class BenchmarkSpec:
     """Everything the pipeline needs to know about one benchmark.
 
     name: the config's `dataset_name` (also a run-directory component).
-    reader: builds the dataset of one split; it owns the file layout and the evaluation geometry
+    reader: builds the dataset of one split from (this spec, root, split); it owns the file layout and the evaluation geometry
         (its class attribute `resize`: 320x320 shorter-side resize + centre crop, or full resolution).
     categories: prediction category names in index order (what ReCo retrieves references for).
     palette: RGB colours, at least one per scored class (extra rows are cut off).
@@ -52,6 +52,8 @@ class BenchmarkSpec:
         over its query names, background by threshold or synonyms, sliding windows).
     description: one line for listings (README, error messages).
     layout: where an "ovss" benchmark's images, labels and class list are (datasets/ovss_layout.py).
+    pseudo_mask_glob: where the pseudo-masks of its train split lie below `dir_pseudo_masks` (SPEC 11: the
+        names `main_reco.py --split train` writes and the authors' archives hold); None: no ReCo+ training.
     """
 
     name: str
@@ -64,6 +66,7 @@ class BenchmarkSpec:
     protocol: str = "reco"
     description: str = ""
     layout: Optional[OvssLayout] = None
+    pseudo_mask_glob: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -79,10 +82,10 @@ class BenchmarkSpec:
         """The reader of `split` under `root`; an undeclared split is a ValueError listing the declared ones."""
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; known: {', '.join(self.splits)}")
-        return resolve_reader(self.reader)(root, split)
+        return resolve_reader(self.reader)(self, root, split)
 
 
-def resolve_reader(reader: Reader) -> Callable[[Union[str, os.PathLike], str], Dataset]:
+def resolve_reader(reader: Reader) -> Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]:
     """A reader callable, importing "module:attribute" on first use."""
     if callable(reader):
         return reader
@@ -104,6 +107,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         categories="cityscapes_categories.json",
         palette="cityscapes_palette.json",
         description="Cityscapes, 27 classes (labelIds 7..33), 320x320",
+        pseudo_mask_glob="*_gtFine_labelIds.png",
     ),
     BenchmarkSpec(
         name="coco_stuff",
@@ -113,6 +117,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         palette="coco_stuff_palette_512.json",
         prediction_to_eval="coco_stuff_fine_171_to_coarse_27.json",
         description="COCO-Stuff, 171 categories predicted, 27 coarse classes scored, 320x320",
+        pseudo_mask_glob="*.png",
     ),
     BenchmarkSpec(
         name="kitti_step",
@@ -120,6 +125,7 @@ _SPECS: tuple[BenchmarkSpec, ...] = (
         categories="kitti_step_categories.json",
         palette="kitti_step_palette.json",
         description="KITTI-STEP, 19 classes, full resolution",
+        pseudo_mask_glob="*/*.png",
     ),
 )
 
@@ -130,8 +136,8 @@ def _ovss(name: str, description: str, layout: OvssLayout) -> BenchmarkSpec:
     and query names from its JSON (layout.class_list, default datasets/metadata/ovss_{name}.json), the
     PASCAL VOC colour map. Adding one is one `_ovss(...)` entry plus its class-list JSON."""
 
-    def read(root: Union[str, os.PathLike], split: str) -> Dataset:
-        return _named("datasets.ovss:OvssBenchmark")(name, root, split)
+    def read(spec: BenchmarkSpec, root: Union[str, os.PathLike], split: str) -> Dataset:
+        return _named("datasets.ovss:OvssBenchmark")(spec, root, split)
 
     return BenchmarkSpec(
         name=name, reader=read, categories=lambda: _named("datasets.metadata:ovss_query_names")(name),
@@ -174,9 +180,10 @@ def unregister_benchmark(name: str) -> None:
     BENCHMARKS.unregister(name)
 
 
-def benchmark_names() -> tuple[str, ...]:
-    """The registered `dataset_name` values, in registration order."""
-    return BENCHMARKS.names()
+def benchmark_names(protocol: Optional[str] = None) -> tuple[str, ...]:
+    """The registered `dataset_name` values, in registration order (only those of `protocol`, if given:
+    scripts/reco_ovss.sh takes its default list from benchmark_names("ovss"))."""
+    return BENCHMARKS.names(None if protocol is None else lambda spec: spec.protocol == protocol)
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:

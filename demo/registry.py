@@ -4,7 +4,7 @@
   demo-colour-clip     (clip_arch)        ColourCLIP + ColourTokenizer
   demo-colour-rn-clip  (dense_clip_arch)  the same CLIP, carrying ColourDenseCLIP as its dense form
   demo-colour-encoder  (encoder_arch)     ColourEncoder
-Their factories close over the world's vocabulary and colours, which exist only once the demo has drawn
+Their builders close over the world's vocabulary and colours, which exist only once the demo has drawn
 its world; so they are registered only while the demo runs (and the names do not show up in the
 "unknown ...; known: ..." lists of ordinary runs).
 """
@@ -26,29 +26,28 @@ ENCODER_PATCH_SIZE = 8
 
 
 def colour_model_specs(vocabulary: dict[str, int], colours: Sequence[tuple[int, int, int]]) -> tuple[ClipSpec, ClipSpec, EncoderSpec]:
-    """The three registry entries of the colour-coded models of one world."""
+    """The three registry entries of the colour-coded models of one world, each data plus one builder
+    (the same `build` hook as every other entry; `fixed_weights`: the builder makes the finished model)."""
     width = len(colours) + 1  # one feature per colour + the constant slot
 
-    def clip(dense: bool):
-        def build():
-            model = ColourCLIP(colours, image_size=CLIP_IMAGE_SIZE)
-            if dense:  # DenseCLIP(model) returns this module (networks.clip.DenseCLIP.__new__)
-                model.dense_clip = ColourDenseCLIP(colours)
-            return model, ColourTokenizer(vocabulary, len(colours))
-        return build
+    def clip(spec: ClipSpec, precision: str, device: object) -> ColourCLIP:
+        model = ColourCLIP(colours, image_size=CLIP_IMAGE_SIZE)
+        model.tokenizer = ColourTokenizer(vocabulary, len(colours))  # networks.clip uses a model's own tokenizer
+        if spec.dense:  # DenseCLIP(model) returns this module (networks.clip.DenseCLIP.__new__)
+            model.dense_clip = ColourDenseCLIP(colours)
+        return model
 
-    def encoder():
-        return ColourEncoder(colours, patch_size=ENCODER_PATCH_SIZE)
+    def encoder(spec: EncoderSpec) -> ColourEncoder:
+        return ColourEncoder(colours, patch_size=spec.patch_size)
 
     return (
         ClipSpec(name=CLIP_ARCH, open_clip_name=CLIP_ARCH, image_size=CLIP_IMAGE_SIZE, embed_dim=width,
-                 factory=clip(dense=False)),
+                 build=clip, test_only=True, fixed_weights=True),
         ClipSpec(name=DENSE_CLIP_ARCH, open_clip_name=DENSE_CLIP_ARCH, image_size=CLIP_IMAGE_SIZE, embed_dim=width,
-                 dense=True, factory=clip(dense=True)),
-        EncoderSpec(name=ENCODER_ARCH, architecture=encoder, patch_size=ENCODER_PATCH_SIZE,
-                    embed_dim=width, num_prefix_tokens=0, test_only=True,
-                    weights=f"'random' for the demo architecture '{ENCODER_ARCH}'",
-                    factory=encoder),
+                 dense=True, build=clip, test_only=True, fixed_weights=True),
+        EncoderSpec(name=ENCODER_ARCH, build=encoder, patch_size=ENCODER_PATCH_SIZE,
+                    embed_dim=width, num_prefix_tokens=0, test_only=True, fixed_weights=True,
+                    weights=f"'random' for the demo architecture '{ENCODER_ARCH}'"),
     )
 
 

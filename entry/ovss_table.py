@@ -18,8 +18,8 @@ from typing import Any, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from entry.reco_ovss import ovss_run_dir  # noqa: E402
-from entry.validation import check_reco_names  # noqa: E402
-from utils.config import ConfigError, load_reco_config  # noqa: E402
+from reco_api.config_checks import reco_config  # noqa: E402
+from utils.config import ConfigError  # noqa: E402
 from utils.io import atomic_write, save_json  # noqa: E402
 
 METRICS = (("miou", "results.json", "Mean IoU"), ("pixel_acc", "results.json", "Pixel Acc"),
@@ -30,7 +30,7 @@ def collect(config_paths: Sequence[str]) -> list[dict[str, Any]]:
     """One row per config: benchmark, the four metrics (fractions; None when missing), run_dir."""
     rows = []
     for path in config_paths:
-        config = check_reco_names(load_reco_config(path))
+        config = reco_config(path)
         if config.dataset_name is None:
             raise ConfigError(f"{path}: dataset_name is not set")
         run_dir = ovss_run_dir(config)
@@ -92,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.out is not None:
             out_dir = Path(args.out)
         else:
-            roots = {str(load_reco_config(path).dir_ckpt) for path in args.configs}
+            roots = {str(reco_config(path).dir_ckpt) for path in args.configs}
             if len(roots) != 1:
                 raise ConfigError(f"the configs have different dir_ckpt values {sorted(roots)}; give --out")
             out_dir = Path(roots.pop())

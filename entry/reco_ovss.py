@@ -116,12 +116,21 @@ def ovss_run_dir(config: RecoConfig, split: str = "val") -> Path:
     return run_dir_of(config, split) / protocol_tag(config)
 
 
-def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
+def check_ovss_inputs(config: RecoConfig) -> OvssProtocol:
+    """The benchmark's protocol, once its device and every input it needs are known to be there
+    (ConfigError listing all missing inputs). scripts/reco_ovss.sh runs this for every config first."""
     protocol = ovss_protocol(config)
-    device = resolve_device(config.device)  # a missing GPU is reported before the inputs
+    resolve_device(config.device)  # a missing GPU is reported before the inputs
     # every missing input at once; no reference pickle here (several benchmarks share a root)
+    check_run_inputs(reference_settings(config), stage="benchmark", dir_dataset=config.dir_dataset,
+                     categories=protocol.queries)
+    return protocol
+
+
+def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
+    protocol = check_ovss_inputs(config)
+    device = resolve_device(config.device)
     settings = reference_settings(config)
-    check_run_inputs(settings, stage="benchmark", dir_dataset=config.dir_dataset, categories=protocol.queries)
     run_dir = ovss_run_dir(config, split)
     setup_logging(run_dir / "reco.log")
     timing.set_output_dir(run_dir)

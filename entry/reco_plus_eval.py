@@ -17,7 +17,7 @@ from datasets.benchmarks import build_benchmark, collate, size_grouped_batches
 from networks.deeplab import build_segmentor
 from reco_plus import EvalResult, evaluate
 from utils import timing
-from utils.config import ConfigError, RecoPlusConfig, config_to_dict, require_dir, require_file
+from utils.config import ConfigError, RecoPlusConfig, config_to_dict, effective, require_dir, require_file
 from utils.crf import CrfSettings, denormalise_image
 from utils.device import resolve_device, setup_logging
 from utils.distributed import env_rank
@@ -34,7 +34,7 @@ def run_dir_of(config: RecoPlusConfig) -> Path:
 
 def make_crf_fn(config: RecoPlusConfig, device: torch.device):
     """crf(images (B,3,H,W) normalised, logits (B,C,H,W)) -> CRF probabilities (utils.crf.crf_refine)."""
-    settings = CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
+    settings = CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))
 
     def crf(images: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         with timing.stage("CRF"):

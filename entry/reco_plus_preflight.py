@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from utils.config import ConfigError, RecoPlusConfig
+from utils.config import ConfigError, RecoPlusConfig, shown_path
 
 BACKBONE_FILE_SUFFIXES = (".pth", ".pt")
 
@@ -20,7 +20,7 @@ def check_reco_plus_inputs(config: RecoPlusConfig, weights: Optional[str] = None
     _need_dir(config, "dir_dataset", problems)
     if weights is not None:
         if not Path(weights).expanduser().is_file():
-            problems.append(f"--weights: file not found: {Path(weights).expanduser().absolute()}")
+            problems.append(f"--weights: file not found: {shown_path(weights)}")
     else:
         _need_dir(config, "dir_pseudo_masks", problems)
         backbone = config.weights.backbone
@@ -29,7 +29,7 @@ def check_reco_plus_inputs(config: RecoPlusConfig, weights: Optional[str] = None
                             "resnet101-63fe2227.pth, a torchvision tag such as IMAGENET1K_V1 when online, or 'random')")
         elif backbone != "random" and (backbone.endswith(BACKBONE_FILE_SUFFIXES) or "/" in backbone) \
                 and not Path(backbone).expanduser().is_file():
-            problems.append(f"weights.backbone: file not found: {Path(backbone).expanduser()} "
+            problems.append(f"weights.backbone: file not found: {shown_path(backbone)} "
                             "(expected a torchvision ImageNet checkpoint)")
     if len(problems) == 1:
         raise ConfigError(problems[0])
@@ -42,4 +42,4 @@ def _need_dir(config: RecoPlusConfig, key: str, problems: list[str]) -> None:
     if value is None:
         problems.append(f"{key}: not set in the config")
     elif not Path(value).expanduser().is_dir():
-        problems.append(f"{key}: directory not found: {Path(value).expanduser()}")
+        problems.append(f"{key}: directory not found: {shown_path(value)}")

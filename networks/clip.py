@@ -22,7 +22,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
-from utils.config import ConfigError
+from utils.config import ConfigError, resolve_clip_precision
 from utils.io import describe_exception
 from utils.normalisation import CLIP_MEAN, CLIP_STD
 
@@ -54,31 +54,31 @@ def build_clip(
     """
     spec = get_clip(arch)
     device = torch.device(device)
-    precision = _resolve_precision(precision, device)
+    precision = resolve_clip_precision(precision, device.type)
     source, folder = weights_source(weights)
     if source == "folder":
         model = _from_folder(spec, folder, device, precision, key)
-        return freeze(model), _tokenizer_of(spec, key, folder=folder)
+        return freeze(model), _tokenizer_of(spec, key, model=model, folder=folder)
     kind, value = resolve_weights(weights, key, spec.weights, spec.tags)
 
-    if spec.factory is not None:
+    if spec.fixed_weights:
         _only_random(kind, key, spec.name)
-        model, tokenizer = spec.factory()
-        return freeze(model.to(device)), tokenizer
+        model = spec.build(spec, precision, device)
+        return freeze(model.to(device)), _tokenizer_of(spec, key, model=model)
     if kind == "random":
-        if spec.tiny_config is None:
+        if not spec.test_only:
             logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
-        model = _finalise(_new_clip(spec, precision), device, precision)
+        model = _finalise(spec.build(spec, precision, "cpu"), device, precision)
     elif kind == "tag":
         model = _from_tag(spec, str(value), device, precision, key)
     elif is_torchscript_archive(value):
         model = _from_openai_archive(Path(value), device, precision, key)
         _check_architecture(model, spec, key, value)
     else:
-        model = _new_clip(spec, precision)
+        model = spec.build(spec, precision, "cpu")
         load_strict(model, load_state_dict_file(value, key), key, value, ignore=_OPENAI_EXTRA_KEYS)
         model = _finalise(model, device, precision)
-    return freeze(model), _tokenizer_of(spec, key)
+    return freeze(model), _tokenizer_of(spec, key, model=model)
 
 
 def _only_random(kind: str, key: str, arch: str) -> None:
@@ -137,7 +137,7 @@ class DenseCLIP(nn.Module):
     stride = 32
 
     def __new__(cls, clip_model: nn.Module) -> nn.Module:
-        # A CLIP built by a registry factory (networks.clip_registry.ClipSpec.factory) may bring its own
+        # A CLIP built by its registry entry's own builder (networks.clip_registry.ClipSpec.build) may bring its own
         # dense form; it is used as-is (then __init__ does not run: it is not a DenseCLIP instance).
         own = getattr(clip_model, "dense_clip", None)
         return own if isinstance(own, nn.Module) else super().__new__(cls)
@@ -174,33 +174,6 @@ class DenseCLIP(nn.Module):
         pool = v.attnpool
         x = F.conv2d(x, pool.v_proj.weight[:, :, None, None], pool.v_proj.bias)
         return F.conv2d(x, pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
-
-
-def _model_config(spec: ClipSpec) -> dict[str, Any]:
-    """CLIP constructor kwargs of an open_clip-config or tiny architecture."""
-    if spec.tiny_config is not None:
-        return copy.deepcopy(dict(spec.tiny_config))
-    config = open_clip.get_model_config(spec.open_clip_name)
-    if config is None:
-        raise ValueError(f"open_clip {open_clip.__version__} has no config for {spec.open_clip_name!r}")
-    config.pop("quick_gelu", None)
-    return config
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32', 'fp16' or 'bf16', got {precision!r}")
-    return precision
-
-
-def _new_clip(spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
-    """Random-init architecture. OpenAI-style CLIPs are built here (QuickGELU, their weights' activation;
-    the tiny test CLIPs too); others (SigLIP: timm image tower, custom text tower) by open_clip itself."""
-    if spec.quick_gelu or spec.tiny_config is not None:
-        return CLIP(**_model_config(spec), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
-    return open_clip.create_model(spec.open_clip_name, pretrained=None, precision="fp32", device=device)
 
 
 def _finalise(model: CLIP, device: torch.device, precision: str) -> CLIP:
@@ -261,7 +234,7 @@ def _check_architecture(model: CLIP, spec: ClipSpec, key: str, path: Any) -> Non
     """An archive defines its own architecture; make sure it is the configured one (shapes only)."""
     arch = spec.name
     with torch.device("meta"):
-        expected = {name: tuple(t.shape) for name, t in _new_clip(spec, "fp32", "meta").state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in spec.build(spec, "fp32", "meta").state_dict().items()}
     found = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if expected != found:
         differing = sorted(set(expected) ^ set(found)) or [n for n in expected if expected[n] != found[n]]
@@ -272,12 +245,16 @@ def _check_architecture(model: CLIP, spec: ClipSpec, key: str, path: Any) -> Non
         )
 
 
-def _tokenizer_of(spec: ClipSpec, key: str, folder: Optional[Path] = None) -> Callable[[list[str]], torch.Tensor]:
-    """OpenAI's BPE (bundled with open_clip, offline) or, for SigLIP-class text towers, the Hugging Face
-    tokenizer of the model folder (offline) or of the hub (online), which needs `transformers`."""
+def _tokenizer_of(spec: ClipSpec, key: str, model: nn.Module,
+                  folder: Optional[Path] = None) -> Callable[[list[str]], torch.Tensor]:
+    """The model's own tokenizer if its builder gave it one; else OpenAI's BPE (bundled with open_clip,
+    offline) at the model's context length or, for SigLIP-class text towers, the Hugging Face tokenizer of
+    the model folder (offline) or of the hub (online), which needs `transformers`."""
+    own = getattr(model, "tokenizer", None)
+    if own is not None and not isinstance(own, nn.Module):
+        return own
     if not spec.hf_tokenizer:
-        context_length = int(_model_config(spec)["text_cfg"].get("context_length", 77))
-        return _bpe_tokenizer(context_length)
+        return _bpe_tokenizer(int(getattr(model, "context_length", 77)))
     try:
         import transformers  # noqa: F401  (open_clip's HFTokenizer imports it lazily)
     except ImportError:

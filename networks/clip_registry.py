@@ -6,13 +6,36 @@ qualifies. DenseCLIP / text-attention CLIPs (`dense_clip_arch`) must have a Modi
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
+
+import open_clip
+import torch
+from open_clip.model import CLIP, get_cast_dtype
+from torch import nn
 
 from utils.normalisation import CLIP_MEAN, CLIP_STD
 from utils.registry import Registry
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+def open_clip_config(name: str) -> dict[str, Any]:
+    """The CLIP constructor arguments of open_clip's model config `name` (without its activation flag)."""
+    config = open_clip.get_model_config(name)
+    if config is None:
+        raise ValueError(f"open_clip {open_clip.__version__} has no config for {name!r}")
+    config.pop("quick_gelu", None)
+    return config
+
+
+def open_clip_architecture(spec: "ClipSpec", precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
+    """The default builder: OpenAI-style CLIPs are built here (QuickGELU, their weights' activation); others
+    (SigLIP: timm image tower, custom text tower) by open_clip itself."""
+    if spec.quick_gelu:
+        return CLIP(**open_clip_config(spec.open_clip_name), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+    return open_clip.create_model(spec.open_clip_name, pretrained=None, precision="fp32", device=device)
 
 
 @dataclass(frozen=True)
@@ -32,10 +55,13 @@ class ClipSpec:
         OpenAI's and the original's) or "squash" (the whole image, aspect ratio not kept: SigLIP's).
     hf_tokenizer: the text tower needs a Hugging Face tokenizer (package `transformers`, tokenizer files
         from a local model folder or the hub) instead of OpenAI's bundled BPE.
-    tiny_config: CLIP constructor arguments of a test architecture (no open_clip config).
-    factory: a zero-argument callable returning (model, tokenizer) for a CLIP that is neither an open_clip
-        model nor a tiny test one (e.g. the demo's colour-coded CLIP); only 'random' weights are accepted.
-        A model that brings its own dense form sets the attribute `dense_clip` (used by DenseCLIP).
+    build: the one construction hook, (spec, precision, device) -> the architecture with random weights
+        (the weights, if any, are loaded into it afterwards by networks.clip.build_clip). The default builds
+        open_clip's config `open_clip_name`; `tiny_clip(config)` a test CLIP from constructor arguments; any
+        other callable a model of its own (e.g. the demo's colour-coded CLIP). A model that brings its own
+        tokenizer sets the attribute `tokenizer`, its own dense form the attribute `dense_clip` (DenseCLIP).
+    test_only: random weights are expected (no warning), e.g. the tiny test CLIPs.
+    fixed_weights: the builder makes the finished model: `weights` must be 'random' (e.g. the demo's).
     """
 
     name: str
@@ -50,19 +76,43 @@ class ClipSpec:
     dense: bool = False
     hf_tokenizer: bool = False
     index_resize: str = "crop"
-    tiny_config: Optional[Mapping[str, Any]] = field(default=None, compare=False)
-    factory: Optional[Callable[[], tuple[Any, Callable[[list[str]], Any]]]] = field(default=None, compare=False)
+    build: Callable[["ClipSpec", str, Union[str, torch.device]], nn.Module] = field(
+        default=open_clip_architecture, compare=False)
+    test_only: bool = False
+    fixed_weights: bool = False
 
     @property
     def weights(self) -> str:
         """What `weights.clip` / `weights.dense_clip` should be, for errors and the README."""
-        if self.tiny_config is not None or self.factory is not None:
+        if self.fixed_weights:
+            return f"'random' ({self.name} is built by its registry entry, with no weights file)"
+        if self.test_only:
             return f"'random' for the test architecture '{self.name}' (or a checkpoint file made from it)"
         if self.openai_file is not None:
             return f"the OpenAI CLIP checkpoint {self.openai_file} or a state-dict file"
         return (f"a local folder holding open_clip's release of {self.open_clip_name} (open_clip_config.json, "
                 "weights and tokenizer files, e.g. the Hugging Face repository timm/" + self.open_clip_name
                 + ") or a state-dict file")
+
+
+@dataclass(frozen=True)
+class tiny_clip:  # noqa: N801  (used as a builder function: build=tiny_clip(config))
+    """The builder of a test CLIP from CLIP constructor arguments (QuickGELU, as the OpenAI-style ones)."""
+
+    config: Mapping[str, Any]
+
+    def __call__(self, spec: ClipSpec, precision: str, device: Union[str, torch.device] = "cpu") -> nn.Module:
+        return CLIP(**clip_config(spec), quick_gelu=True, cast_dtype=get_cast_dtype(precision))
+
+
+def clip_config(spec: ClipSpec) -> Optional[dict[str, Any]]:
+    """The CLIP constructor arguments an entry is built from (a copy): its tiny_clip config, or open_clip's
+    config for the default builder; None for an entry with a builder of its own."""
+    if isinstance(spec.build, tiny_clip):
+        return copy.deepcopy(dict(spec.build.config))
+    if spec.build is open_clip_architecture:
+        return open_clip_config(spec.open_clip_name)
+    return None
 
 
 def _openai(name: str, open_clip_name: str, image_size: int, embed_dim: int, dense: bool = False) -> ClipSpec:
@@ -98,9 +148,10 @@ _SPECS: tuple[ClipSpec, ...] = (
     _siglip("ViT-L/16-SigLIP-384", "ViT-L-16-SigLIP-384", 384, 1024),
     _siglip("ViT-SO400M/14-SigLIP-384", "ViT-SO400M-14-SigLIP-384", 384, 1152),
     _siglip("ViT-B/16-SigLIP2", "ViT-B-16-SigLIP2", 224, 768),
-    ClipSpec(name="tiny-vit-clip", open_clip_name="tiny-vit-clip", image_size=32, embed_dim=32, tiny_config=_TINY_VIT),
+    ClipSpec(name="tiny-vit-clip", open_clip_name="tiny-vit-clip", image_size=32, embed_dim=32,
+             build=tiny_clip(_TINY_VIT), test_only=True),
     ClipSpec(name="tiny-rn-clip", open_clip_name="tiny-rn-clip", image_size=64, embed_dim=32, dense=True,
-             tiny_config=_TINY_RN),
+             build=tiny_clip(_TINY_RN), test_only=True),
 )
 
 CLIPS: Registry[ClipSpec] = Registry("CLIP", "CLIP architecture")

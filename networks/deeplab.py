@@ -13,7 +13,9 @@ stored as `<name>.body.0` / `<name>.body.1`.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,15 +23,10 @@ import torch.nn.functional as F
 import torchvision
 
 from utils.io import describe_exception
+from utils.registry import Registry
 
 from .weights import refuse_torchscript_archive, weights_source
 
-SEGMENTOR_NAMES = (
-    "deeplabv3plus_resnet101",
-    "deeplabv3plus_resnet50",
-    "deeplabv3plus_mobilenet",
-    "deeplabv3plus_tiny",
-)
 _TORCHVISION_ENUMS = {"resnet101": "ResNet101_Weights", "resnet50": "ResNet50_Weights",
                       "mobilenet": "MobileNet_V2_Weights"}
 WEIGHTS_KEY = "weights.backbone"
@@ -291,9 +288,38 @@ def deeplabv3plus(backbone: str = "resnet101", num_classes: int = 27, separable:
     return DeepLabV3Plus(features, head)
 
 
-def build_segmentor(name: str, num_classes: int, backbone_weights: Optional[str] = None) -> DeepLabV3Plus:
-    """Segmentor by config name (`segmentor_name`), e.g. 'deeplabv3plus_resnet101', separable head."""
-    if name not in SEGMENTOR_NAMES:
-        raise ValueError(f"segmentor_name: unknown {name!r}; known: {', '.join(SEGMENTOR_NAMES)}")
-    return deeplabv3plus(name[len("deeplabv3plus_"):], num_classes, separable=True,
-                         pretrained_backbone=backbone_weights)
+@dataclass(frozen=True)
+class SegmentorSpec:
+    """One ReCo+ segmentor (config key `segmentor_name`).
+
+    build: (num_classes, backbone weights: a local file, a library tag or None / 'random') -> the model.
+    """
+
+    name: str
+    build: Callable[[int, Optional[str]], nn.Module]
+
+
+SEGMENTORS: Registry[SegmentorSpec] = Registry("segmentor", "segmentor_name")
+
+
+def register_segmentor(spec: SegmentorSpec, replace: bool = False) -> SegmentorSpec:
+    """Add `spec` under `spec.name` (a second spec of the same name needs `replace`)."""
+    return SEGMENTORS.register(spec.name, spec, replace)
+
+
+def segmentor_names() -> tuple[str, ...]:
+    return SEGMENTORS.names()
+
+
+def build_segmentor(name: str, num_classes: int, backbone_weights: Optional[str] = None) -> nn.Module:
+    """Segmentor by config name (`segmentor_name`), e.g. 'deeplabv3plus_resnet101'; a ValueError naming
+    the key and the known names for any other."""
+    return SEGMENTORS.lookup(name).build(num_classes, backbone_weights)
+
+
+def _separable_deeplab(backbone: str, num_classes: int, backbone_weights: Optional[str]) -> DeepLabV3Plus:
+    return deeplabv3plus(backbone, num_classes, separable=True, pretrained_backbone=backbone_weights)
+
+
+for _backbone in ("resnet101", "resnet50", "mobilenet", "tiny"):
+    register_segmentor(SegmentorSpec(f"deeplabv3plus_{_backbone}", partial(_separable_deeplab, _backbone)))

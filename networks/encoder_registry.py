@@ -9,8 +9,9 @@ reads only this table.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional
 
+import timm
 from timm.models import eva, vision_transformer
 from timm.models.deit import VisionTransformerDistilled
 from torch import nn
@@ -35,11 +36,13 @@ class EncoderSpec:
     """One dense encoder.
 
     name: the config's `encoder_arch`.
-    architecture: a timm model name (created with pretrained=False and `timm_kwargs`), or a zero-argument
-        callable returning the ViT (test architectures), wrapped by networks.encoders.DenseViT.
-    factory: a zero-argument callable returning the finished dense encoder ((B, 3, H, W) -> (B, embed_dim,
-        H/patch_size, W/patch_size), e.g. the demo's colour-coded one), used as-is instead of `architecture`
-        (which then only documents it); only 'random' weights are accepted.
+    timm_name: the timm model it is (the default builder creates it with pretrained=False and `timm_kwargs`;
+        its pretrained tags are `timm_name.tag`); None for a model that is not timm's.
+    build: the one construction hook, (spec) -> the model with random weights; the default creates
+        `timm_name`. A ViT is wrapped by networks.encoders.DenseViT (after loading the weights, if any);
+        with `fixed_weights` the builder returns the finished dense encoder ((B, 3, H, W) -> (B, embed_dim,
+        H/patch_size, W/patch_size), e.g. the demo's colour-coded one), used as-is.
+    fixed_weights: the builder makes the finished dense encoder: `weights` must be 'random'.
     patch_size, embed_dim: the feature stride and channel count of the dense output (checked at build).
     num_prefix_tokens: class + distillation + register tokens in front of the patch tokens.
     num_registers: how many of those are register tokens.
@@ -56,7 +59,6 @@ class EncoderSpec:
     """
 
     name: str
-    architecture: Union[str, Callable[[], nn.Module]]
     patch_size: int
     embed_dim: int
     num_prefix_tokens: int
@@ -70,7 +72,9 @@ class EncoderSpec:
     convert_checkpoint: Optional[Callable[[dict, nn.Module], dict]] = None
     test_only: bool = False
     release_file: Optional[str] = None
-    factory: Optional[Callable[[], nn.Module]] = None
+    timm_name: Optional[str] = None
+    build: Callable[["EncoderSpec"], nn.Module] = field(default=lambda spec: timm_architecture(spec), compare=False)
+    fixed_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.pos_embed not in POS_EMBED_RULES:
@@ -80,18 +84,22 @@ class EncoderSpec:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"encoder {self.name!r}: mean and std need 3 values, std > 0")
 
-    @property
-    def timm_name(self) -> Optional[str]:
-        return self.architecture if isinstance(self.architecture, str) else None
 
 
-def _tiny_vit() -> nn.Module:
+def timm_architecture(spec: EncoderSpec) -> nn.Module:
+    """The default builder: timm's `spec.timm_name`, randomly initialised."""
+    if spec.timm_name is None:
+        raise ValueError(f"encoder {spec.name!r} names no timm model: give its spec a build function")
+    return timm.create_model(spec.timm_name, pretrained=False, **dict(spec.timm_kwargs))
+
+
+def _tiny_vit(spec: EncoderSpec) -> nn.Module:
     return VisionTransformerDistilled(img_size=224, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=0)
 
 
 def _dinov2(name: str, timm_name: str, width: int, registers: int, file: str) -> EncoderSpec:
     return EncoderSpec(
-        name=name, architecture=timm_name, patch_size=14, embed_dim=width, num_prefix_tokens=1 + registers,
+        name=name, timm_name=timm_name, patch_size=14, embed_dim=width, num_prefix_tokens=1 + registers,
         num_registers=registers, pos_embed="bicubic", tags=("lvd142m",), timm_kwargs={"num_classes": 0},
         convert_checkpoint=vision_transformer.checkpoint_filter_fn,
         weights=f"a DINOv2 checkpoint: Meta's {file} or timm's {timm_name}.lvd142m model.safetensors",
@@ -100,7 +108,7 @@ def _dinov2(name: str, timm_name: str, width: int, registers: int, file: str) ->
 
 def _dinov3(name: str, timm_name: str, width: int, tag: str, file: str, **extra: Any) -> EncoderSpec:
     return EncoderSpec(
-        name=name, architecture=timm_name, patch_size=16, embed_dim=width, num_prefix_tokens=5, num_registers=4,
+        name=name, timm_name=timm_name, patch_size=16, embed_dim=width, num_prefix_tokens=5, num_registers=4,
         pos_embed="library", tags=(tag,), timm_kwargs={"num_classes": 0, "dynamic_img_size": True},
         convert_checkpoint=eva.checkpoint_filter_fn,
         weights=f"a DINOv3 checkpoint: Meta's {file} or timm's {timm_name}.{tag} model.safetensors", **extra,
@@ -109,7 +117,7 @@ def _dinov3(name: str, timm_name: str, width: int, tag: str, file: str, **extra:
 
 _SPECS: tuple[EncoderSpec, ...] = (
     EncoderSpec(
-        name="DeiT-S/16-SIN", architecture="deit_small_distilled_patch16_224", patch_size=16, embed_dim=384,
+        name="DeiT-S/16-SIN", timm_name="deit_small_distilled_patch16_224", patch_size=16, embed_dim=384,
         num_prefix_tokens=2, pos_embed="bicubic_token_count",
         weights="the DeiT-S/16-SIN checkpoint deit_s_sin_dist.pth ({'model': state_dict})",
         release_file="deit_s_sin_dist.pth",
@@ -123,7 +131,7 @@ _SPECS: tuple[EncoderSpec, ...] = (
     _dinov3("DINOv3-L/16-SAT", "vit_large_patch16_dinov3", 1024, "sat493m", "dinov3_vitl16_pretrain_sat493m-*.pth",
             mean=SAT493M_MEAN, std=SAT493M_STD),
     EncoderSpec(
-        name="tiny-vit", architecture=_tiny_vit, patch_size=16, embed_dim=32, num_prefix_tokens=2,
+        name="tiny-vit", build=_tiny_vit, patch_size=16, embed_dim=32, num_prefix_tokens=2,
         pos_embed="bicubic_token_count", test_only=True,
         weights="'random' for the test architecture 'tiny-vit' (or a checkpoint file made from it)",
     ),

@@ -158,14 +158,14 @@ def build_encoder(
     """
     spec = get_encoder(arch)
     kind, value = resolve_weights(weights, key, spec.weights, spec.tags)  # before building: fail fast
-    if spec.factory is not None:
+    if spec.fixed_weights:
         if kind != "random":
             raise ConfigError(f"{key}: {arch} is built by its registry entry and takes no weights; set {key}: random")
-        return freeze(spec.factory()).to(device)
+        return freeze(spec.build(spec)).to(device)
     if kind == "tag":
         vit = _from_tag(spec, str(value), key)
     else:
-        vit = _create(spec)
+        vit = spec.build(spec)
         if kind == "random":
             if not spec.test_only:
                 logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
@@ -175,12 +175,6 @@ def build_encoder(
                 state_dict = spec.convert_checkpoint(state_dict, vit)
             load_strict(vit, state_dict, key, value)
     return DenseViT(vit, spec).to(device)
-
-
-def _create(spec: EncoderSpec) -> nn.Module:
-    if spec.timm_name is None:
-        return spec.architecture()
-    return timm.create_model(spec.timm_name, pretrained=False, **dict(spec.timm_kwargs))
 
 
 def _from_tag(spec: EncoderSpec, tag: str, key: str) -> nn.Module:

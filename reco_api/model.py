@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from datasets import images as own
 from datasets.benchmarks import size_grouped_batches
-from entry.validation import check_reco_names  # moves into reco_api (config checks) with the config work
+from reco_api.config_checks import check_reco_names, reco_config
 from reco.references import stack_references
 from reco_api.class_names import check_categories, check_segmentation_classes
 from reco_api.models import DenseClipModels, InferenceModels, build_dense_clip, build_encoder, build_retrieval_clip
@@ -29,7 +29,7 @@ from reco_api.predictor import Predictor
 from reco_api.references import compute_references
 from reco_api.result import Segmentation
 from reco_api.settings import crf_settings, inference_settings, reference_settings
-from utils.config import RecoConfig, config_to_dict, load_reco_config, reco_config_from_dict
+from utils.config import RecoConfig, check_device_name
 from utils.device import resolve_device
 from utils.visualise import label_palette
 
@@ -60,6 +60,8 @@ class ReCo:
         max_inference_pixels: Optional[int] = own.MAX_INFERENCE_PIXELS,
     ) -> None:
         self.config = check_reco_names(config)
+        if isinstance(device, str):
+            check_device_name(device)  # the device argument is checked as the key would be
         self.device = resolve_device(str(device) if device is not None else config.device)
         self.settings = reference_settings(config)
         self.inference = inference_settings(config)
@@ -78,22 +80,13 @@ class ReCo:
                     device: Union[str, torch.device, None] = None, **overrides: Any) -> "ReCo":
         """From a YAML file (or a loaded config); keyword arguments replace its keys, e.g.
         `weights={"encoder": "deit.pth"}` (merged into the file's `weights`) or `n_imgs=20`."""
-        if not isinstance(config, RecoConfig):
-            config = load_reco_config(config)
-        if overrides:
-            raw = config_to_dict(config)
-            for key, value in overrides.items():
-                if isinstance(value, dict) and isinstance(raw.get(key), dict):
-                    value = {**raw[key], **value}
-                raw[key] = value
-            config = reco_config_from_dict(raw)
-        return cls(config, device=device)
+        return cls(reco_config(config, overrides), device=device)
 
     @classmethod
     def from_settings(cls, *, device: Union[str, torch.device, None] = None, **settings: Any) -> "ReCo":
         """Without a YAML file: the config keys as keyword arguments, e.g.
         `ReCo.from_settings(dir_ckpt="ckpt", dir_imagenet="/data/ImageNet2012", weights={...})`."""
-        return cls(reco_config_from_dict(settings), device=device)
+        return cls(reco_config(settings), device=device)
 
     # ------------------------------------------------------------------ reference embeddings
 

@@ -15,6 +15,7 @@ from reco.inference import predict
 from reco.text import text_embeddings
 from reco_api.settings import ModelSettings
 from utils import timing
+from utils.config import resolve_clip_precision
 from utils.progress import counting_bar
 
 
@@ -88,10 +89,8 @@ def inference_models(dense_clip_inference: bool, categories: Sequence[str], enco
 
 
 def clip_precision(precision: str, device: torch.device) -> str:
-    """The config's clip_precision; 'auto' is fp16 on CUDA (as the original's OpenAI CLIP), fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    return "fp16" if device.type == "cuda" else "fp32"
+    """The config's clip_precision on `device` (utils.config.resolve_clip_precision: 'auto' is fp16 on CUDA)."""
+    return resolve_clip_precision(precision, device.type)
 
 
 def build_encoder(models: ModelSettings, device: torch.device) -> nn.Module:

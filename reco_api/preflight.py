@@ -17,7 +17,7 @@ from networks.weights import RANDOM
 from reco_api.collection import collection_of
 from reco_api.reference_cache import FileReferenceCache, references_to_compute
 from reco_api.settings import ReferenceSettings
-from utils.config import ConfigError
+from utils.config import ConfigError, shown_path
 
 STAGES = ("index", "benchmark", "own_images")
 
@@ -66,7 +66,7 @@ def _need_dir(key: str, value: Optional[str], what: str, problems: list[str]) ->
         problems.append(f"{key}: not set (expected {what})")
         return False
     if not Path(value).expanduser().is_dir():
-        problems.append(f"{key}: directory not found: {Path(value).expanduser()}")
+        problems.append(f"{key}: directory not found: {shown_path(value)}")
         return False
     return True
 
@@ -77,7 +77,7 @@ def _need_weights(problems: list[str], key: str, value: Optional[str], tags: Seq
     if value is None or not str(value).strip():
         problems.append(f"{key}: not set (expected {expected})")
     elif value != RANDOM and value not in tags and not Path(value).expanduser().is_file():
-        problems.append(f"{key}: file not found: {Path(value).expanduser()} (expected {expected})")
+        problems.append(f"{key}: file not found: {shown_path(value)} (expected {expected})")
 
 
 def _clip_tags(arch: str) -> tuple[str, ...]:

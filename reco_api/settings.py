@@ -18,7 +18,7 @@ from typing import Optional, Union
 
 import torch
 
-from utils.config import RecoConfig
+from utils.config import RecoConfig, effective
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
 from utils.crf import CrfSettings
 
@@ -134,4 +134,4 @@ def inference_settings(config: RecoConfig) -> InferenceSettings:
 
 def crf_settings(config: RecoConfig, device: Union[str, torch.device, None]) -> CrfSettings:
     """The CRF backend for the device ('auto' resolved) and its pool size (crf_workers, else n_workers)."""
-    return CrfSettings.resolve(config.crf_backend, device, config.crf_workers, config.n_workers)
+    return CrfSettings.resolve(config.crf_backend, device, effective(config, "crf_workers"))

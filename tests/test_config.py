@@ -47,8 +47,8 @@ def test_unknown_missing_and_mistyped_keys_name_the_key(tmp_path):
         load_reco_config(_write(tmp_path, {"dir_ckpt": "x", "n_imgs": "fifty"}))
     with pytest.raises(ConfigError, match="'text_attention' must be true or false"):
         load_reco_config(_write(tmp_path, {"dir_ckpt": "x", "text_attention": "yes"}))
-    # registry-backed names are checked right after loading, against the registries (entry.validation)
-    from entry.validation import check_reco_names
+    # registry-backed names are checked right after loading, against the registries (reco_api.config_checks)
+    from reco_api.config_checks import check_reco_names
 
     with pytest.raises(ConfigError, match="crf_backend: unknown value 'gpu'; known: auto, pydensecrf, torch"):
         check_reco_names(load_reco_config(_write(tmp_path, {"dir_ckpt": "x", "crf_backend": "gpu"})))

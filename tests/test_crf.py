@@ -147,7 +147,18 @@ def test_crf_refine_is_denormalise_log_softmax_dense_crf(fixture_image, backend)
 
 
 def test_crf_settings_resolve_the_config_keys():
-    assert CrfSettings.resolve("auto", "cpu", None, 3) == CrfSettings(resolve_crf_backend("auto", "cpu"), 3)
-    assert CrfSettings.resolve("pydensecrf", "cpu", 0, 3) == CrfSettings("pydensecrf", 0)  # 0: in this process
+    from utils.config import RecoConfig, effective
+
+    unset, zero = RecoConfig(dir_ckpt="x", n_workers=3), RecoConfig(dir_ckpt="x", n_workers=3, crf_workers=0)
+    assert effective(unset, "crf_workers") == 3 and effective(zero, "crf_workers") == 0  # the declared fallback
+    assert CrfSettings.resolve("auto", "cpu", effective(unset, "crf_workers")) == CrfSettings("torch", 3)
+    assert CrfSettings.resolve("pydensecrf", "cpu", effective(zero, "crf_workers")) == CrfSettings("pydensecrf", 0)
     with pytest.raises(ValueError):
-        CrfSettings.resolve("gpu", "cpu", None, 1)
+        CrfSettings.resolve("gpu", "cpu", 1)
+
+
+def test_crf_backend_entries_declare_their_worker_pool():
+    from utils.crf import crf_backend_spec
+
+    assert crf_backend_spec("pydensecrf").worker_pool and not crf_backend_spec("torch").worker_pool
+    assert crf_backend_spec("auto", "cuda") is crf_backend_spec("torch")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from networks.deeplab import SEGMENTOR_NAMES, build_segmentor, deeplabv3plus
+from networks.deeplab import build_segmentor, deeplabv3plus, segmentor_names
 
 
 @pytest.fixture(scope="module")
@@ -127,4 +127,4 @@ def test_backbone_weight_errors_name_the_config_key(tmp_path):
         build_segmentor("deeplabv3plus_mobilenet", 27, str(wrong))
     with pytest.raises(ValueError, match="segmentor_name"):
         build_segmentor("deeplabv3plus_vgg", 27, None)
-    assert "deeplabv3plus_tiny" in SEGMENTOR_NAMES
+    assert "deeplabv3plus_tiny" in segmentor_names()

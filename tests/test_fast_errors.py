@@ -41,7 +41,7 @@ def test_a_missing_config_file_is_one_line_without_the_heavy_imports(script):
     code, lines, imported = run_script(script, "--config", "no_such.yaml")
     assert code == 2
     errors = [line for line in lines if line.startswith("error:")]
-    assert errors == ["error: config file not found: no_such.yaml"]
+    assert len(errors) == 1 and errors[0].startswith("error: config file not found: no_such.yaml (= /")
     assert lines[0] == errors[0]  # the first thing said, no traceback
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert "yaml" in imported  # the import times were read (the wrapper saw the imports)

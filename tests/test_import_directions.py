@@ -107,10 +107,9 @@ FORBIDDEN = [
      ("reco_plus", "entry", "image_index", "reco_api", "benchmarks", "tests", *SCRIPTS)),
 ]
 
-# The program (entry/) is imported by the entry scripts and the tests only. Until the config checks move
-# into the library, reco_api/model.py still imports entry/validation.py (the one exception).
+# The program (entry/) is imported by the entry scripts and the tests only.
 PROGRAM_IMPORTERS = ("entry", "tests", *SCRIPTS)
-PROGRAM_EXCEPTIONS = {("reco_api.model", "entry.validation")}
+PROGRAM_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def test_only_the_entry_scripts_and_tests_import_the_program():

@@ -48,7 +48,7 @@ def test_a_new_benchmark_is_one_registry_entry(tmp_path):
     names = metadata.categories("cityscapes")
     spec = BenchmarkSpec(
         name="cityscapes_coarse_test",
-        reader=CityscapesBenchmark,  # a callable (root, split), here an existing reader
+        reader=CityscapesBenchmark,  # a callable (spec, root, split), here an existing reader
         categories=lambda: names,
         eval_categories=lambda: ["flat", "other"],
         palette=lambda: np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]]),
@@ -149,7 +149,7 @@ def test_unknown_name_is_one_error_line_listing_the_known(tmp_path, capsys, key,
 
 
 def test_open_clip_spellings_and_known_names_pass(tmp_path):
-    from entry.validation import check_reco_names
+    from reco_api.config_checks import check_reco_names
     from utils.config import load_reco_config
 
     config = load_reco_config(_write(tmp_path, {"dir_ckpt": "x", "clip_arch": "ViT-B-16-SigLIP",
@@ -168,7 +168,7 @@ def test_reco_plus_unknown_names(tmp_path, capsys, key, value):
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].joinpath("configs").rglob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_names_registered_parts(path):
-    from entry.validation import check_reco_names, check_reco_plus_names
+    from reco_api.config_checks import check_reco_names, check_reco_plus_names
     from utils.config import load_reco_config, load_reco_plus_config
 
     if path.name.startswith("reco_plus"):

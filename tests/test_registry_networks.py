@@ -11,7 +11,7 @@ import main_reco
 import networks
 from colour_models import ColourDenseCLIP, ColourCLIP, ColourTokenizer, ColourViT
 from networks.encoder_registry import ENCODERS, EncoderSpec, get_encoder, register_encoder, unregister_encoder
-from networks.encoders import DenseViT, _create, build_encoder
+from networks.encoders import DenseViT, build_encoder
 from test_end_to_end import colour_world, reco_config, write_imagenet_of
 from tests.synthetic import write_cityscapes
 
@@ -23,7 +23,7 @@ def _encoder(spec: EncoderSpec) -> DenseViT:
     if spec.embed_dim <= SMALL_WIDTH:
         return build_encoder(spec.name, "random")
     with torch.device("meta"):  # the real architecture and forward, without allocating or computing
-        return DenseViT(_create(spec), spec)
+        return DenseViT(spec.build(spec), spec)
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
@@ -42,22 +42,22 @@ def test_every_encoder_entry_gives_its_declared_shape_at_two_sizes(name):
 
 def test_spec_declarations_are_checked_against_the_built_model():
     spec = get_encoder("tiny-vit")
-    wrong = EncoderSpec(name="tiny-wrong", architecture=spec.architecture, patch_size=16, embed_dim=32,
+    wrong = EncoderSpec(name="tiny-wrong", build=spec.build, patch_size=16, embed_dim=32,
                         num_prefix_tokens=5, num_registers=4, weights="random", test_only=True)
     with pytest.raises(ValueError, match="registry entry declares"):
-        DenseViT(_create(wrong), wrong)
+        DenseViT(wrong.build(wrong), wrong)
     with pytest.raises(ValueError, match="pos_embed must be one of"):
-        EncoderSpec(name="x", architecture="y", patch_size=1, embed_dim=1, num_prefix_tokens=1, weights="",
+        EncoderSpec(name="x", timm_name="y", patch_size=1, embed_dim=1, num_prefix_tokens=1, weights="",
                     pos_embed="nearest")
 
 
 def test_encoder_renormalises_to_its_own_statistics():
     """An encoder declared with other mean/std sees exactly the image re-normalised to those statistics."""
     base = get_encoder("tiny-vit")
-    other = EncoderSpec(name="tiny-other-norm", architecture=base.architecture, patch_size=16, embed_dim=32,
+    other = EncoderSpec(name="tiny-other-norm", build=base.build, patch_size=16, embed_dim=32,
                         num_prefix_tokens=2, pos_embed="bicubic_token_count", weights="random", test_only=True,
                         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    vit = _create(base)
+    vit = base.build(base)
     plain, renormalising = DenseViT(vit, base), DenseViT(vit, other)
     mean = torch.tensor(base.mean).view(1, 3, 1, 1)
     std = torch.tensor(base.std).view(1, 3, 1, 1)
@@ -114,7 +114,7 @@ def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_p
     mean, std = (0.2, 0.7, 0.4), (0.5, 0.1, 0.3)
     spec = EncoderSpec(
         name="colour-vit/8-reg2", patch_size=8, embed_dim=len(colours) + 1, num_prefix_tokens=3, num_registers=2,
-        architecture=lambda: ColourViT(colours, mean=mean, std=std), mean=mean, std=std, pos_embed="library",
+        build=lambda spec: ColourViT(colours, mean=mean, std=std), mean=mean, std=std, pos_embed="library",
         weights="'random'", test_only=True,
     )
     register_encoder(spec)
@@ -135,7 +135,7 @@ def test_a_new_encoder_is_one_registry_entry_and_segments_the_colour_world(tmp_p
 
 
 # ----------------------------------------------------------------------------------------------- CLIPs
-from networks.clip import DenseCLIP, _new_clip, clip_image_size, clip_input_adapter  # noqa: E402
+from networks.clip import DenseCLIP, clip_image_size, clip_input_adapter  # noqa: E402
 from networks.clip_registry import CLIPS, get_clip  # noqa: E402
 
 
@@ -145,10 +145,10 @@ def test_every_clip_entry_gives_its_declared_shapes(name):
     forward without the cost): image and text embeddings of the declared width at the declared size,
     and for DenseCLIP entries dense maps at two input sizes."""
     spec = get_clip(name)
-    real = spec.tiny_config is not None
+    real = spec.test_only
     device = "cpu" if real else "meta"
     with torch.device(device), torch.no_grad():
-        model = _new_clip(spec, "fp32", device)
+        model = spec.build(spec, "fp32", device)
         size = clip_image_size(model)
         assert size == spec.image_size
         assert tuple(model.encode_image(torch.randn(2, 3, size, size)).shape) == (2, spec.embed_dim)

@@ -2,16 +2,14 @@
 encode_text for every registered CLIP; towers that are not causal and end-of-text pooled are untouched."""
 from __future__ import annotations
 
-import copy
 
-import open_clip
 import pytest
 import torch
 from open_clip.model import CLIP, CustomTextCLIP
 
 from colour_models import ColourCLIP, ColourTokenizer
 from networks import build_clip
-from networks.clip_registry import CLIPS, ClipSpec
+from networks.clip_registry import CLIPS, ClipSpec, clip_config
 from networks.text_tower import causal_text_tower, encode_text_truncated, used_length
 from reco.prompt_templates import PROMPT_TEMPLATES
 from reco.text import text_embeddings
@@ -23,7 +21,7 @@ VOCAB = 1000  # the registered vocabularies (up to 256,000 rows) are cut: the to
 def _text_only_clip(spec: ClipSpec) -> torch.nn.Module:
     """The registered CLIP's text tower (width, heads, context, mask, pooling, projection as declared; two
     layers and a small vocabulary) with a tiny image tower, at random weights."""
-    config = copy.deepcopy(dict(spec.tiny_config)) if spec.tiny_config else open_clip.get_model_config(spec.open_clip_name)
+    config = clip_config(spec)
     config.pop("quick_gelu", None)
     custom = config.pop("custom_text", False)
     config["vision_cfg"] = TINY_VISION
@@ -52,7 +50,7 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-OPEN_CLIP_SPECS = [name for name, spec in CLIPS.items() if spec.factory is None]
+OPEN_CLIP_SPECS = [name for name, spec in CLIPS.items() if clip_config(spec) is not None]
 
 
 @pytest.mark.parametrize("name", OPEN_CLIP_SPECS)

@@ -4,7 +4,6 @@ torch.jit.load appears here only to produce expected values (and to show a fixtu
 """
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 import zipfile
@@ -14,7 +13,7 @@ from typing import Tuple
 import numpy as np
 import pytest
 import torch
-from open_clip.model import CLIP, convert_weights_to_lp
+from open_clip.model import convert_weights_to_lp
 from torch import nn
 
 import networks
@@ -39,7 +38,7 @@ def traced_openai_clip(arch: str, path: Path) -> None:
     context_length, vocab_size, and the attention mask a traced constant (not a state-dict entry)."""
     spec = get_clip(arch)
     torch.manual_seed(0)
-    model = CLIP(**copy.deepcopy(dict(spec.tiny_config)), quick_gelu=True).eval()
+    model = spec.build(spec, "fp32", "cpu").eval()  # the tiny entry's CLIP (QuickGELU), fp32
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():

@@ -30,17 +30,36 @@ ArrayLike = Union[np.ndarray, Tensor]
 # n_workers, chunk_size) -> Q (B, C, H, W) float32 on the probabilities' device.
 CrfBackend = Callable[[ArrayLike, Tensor, Optional[int], Optional[int]], Tensor]
 
+
+
+@dataclass(frozen=True)
+class CrfBackendSpec:
+    """One CRF backend: the function that runs it and what its callers must know about it.
+
+    run: the backend (see CrfBackend).
+    worker_pool: it runs on the CPU in a pool of `n_workers` processes (the config's crf_workers), which
+        callers create once and share between threads; otherwise it runs on the scores' device and
+        ignores n_workers.
+    """
+
+    run: CrfBackend
+    worker_pool: bool = False
+
+
 # The CRF backend registry (config key `crf_backend`), filled at the end of this module: adding a
-# backend is one `register_crf_backend(name, fn)`. 'auto' picks by device type from AUTO_BACKENDS,
-# else AUTO_DEFAULT.
-CRF_BACKENDS: Registry[CrfBackend] = Registry("CRF backend", "CRF backend", reserved=("auto",))
-AUTO_BACKENDS: dict[str, str] = {}
+# backend is one `register_crf_backend(name, fn)`. 'auto' is AUTO_DEFAULT on every device.
+CRF_BACKENDS: Registry[CrfBackendSpec] = Registry("CRF backend", "CRF backend", reserved=("auto",))
 AUTO_DEFAULT = "torch"
 
 
-def register_crf_backend(name: str, backend: CrfBackend, replace: bool = False) -> None:
-    """Add a CRF backend under `name` ('auto' is reserved)."""
-    CRF_BACKENDS.register(name, backend, replace)
+def register_crf_backend(name: str, backend: CrfBackend, replace: bool = False, worker_pool: bool = False) -> None:
+    """Add a CRF backend under `name` ('auto' is reserved); `worker_pool`: see CrfBackendSpec."""
+    CRF_BACKENDS.register(name, CrfBackendSpec(backend, worker_pool), replace)
+
+
+def crf_backend_spec(name: str, device: Union[str, torch.device, None] = None) -> CrfBackendSpec:
+    """The registry entry of `name` ('auto' resolved on `device`)."""
+    return CRF_BACKENDS[resolve_crf_backend(name, device)]
 
 
 def unregister_crf_backend(name: str) -> None:
@@ -53,15 +72,13 @@ def crf_backend_names() -> tuple[str, ...]:
 
 
 def resolve_crf_backend(name: str, device: Union[str, torch.device, None] = None) -> str:
-    """'auto' -> AUTO_BACKENDS by device type, else AUTO_DEFAULT ('torch' on every device); registered
-    names are returned as-is.
+    """'auto' -> AUTO_DEFAULT ('torch', on every device); registered names are returned as-is.
 
     The torch port gives pydensecrf's labels and, on a CPU, runs 1.4x to 2.5x faster than the pydensecrf
     process pool (benchmarks/crf.py), so it is the default on CPUs too; `device` is kept for callers.
     """
     if name == "auto":
-        device_type = torch.device(device).type if device is not None else "cpu"
-        return AUTO_BACKENDS.get(device_type, AUTO_DEFAULT)
+        return AUTO_DEFAULT
     if name not in CRF_BACKENDS:
         raise CRF_BACKENDS.unknown(name, crf_backend_names())
     return name
@@ -188,7 +205,7 @@ def dense_crf_batch(images: ArrayLike, logits: ArrayLike, backend: str = "torch"
         raise ValueError(f"batch sizes differ: images {images.shape[0]}, logits {logits.shape[0]}")
     backend = resolve_crf_backend(backend, logits.device)
     size = (int(images.shape[1]), int(images.shape[2]))
-    return CRF_BACKENDS[backend](images, _probabilities(logits, size), n_workers, chunk_size)
+    return CRF_BACKENDS[backend].run(images, _probabilities(logits, size), n_workers, chunk_size)
 
 
 def _crf_torch_batched(images: ArrayLike, probs: Tensor, n_workers: Optional[int],
@@ -213,7 +230,7 @@ def dense_crf(image: ArrayLike, logits: ArrayLike, backend: str = "pydensecrf") 
     return dense_crf_batch(image[None], logits[None], backend=backend, n_workers=1)[0]
 
 
-register_crf_backend("pydensecrf", _crf_pydensecrf)
+register_crf_backend("pydensecrf", _crf_pydensecrf, worker_pool=True)
 register_crf_backend("torch", _crf_torch_batched)
 
 
@@ -225,10 +242,10 @@ class CrfSettings:
     n_workers: Optional[int] = None
 
     @classmethod
-    def resolve(cls, backend: str, device: Union[str, torch.device, None], crf_workers: Optional[int],
-                n_workers: Optional[int]) -> "CrfSettings":
-        """From the config keys crf_backend ('auto' picks by device), crf_workers (None -> n_workers)."""
-        return cls(resolve_crf_backend(backend, device), n_workers if crf_workers is None else crf_workers)
+    def resolve(cls, backend: str, device: Union[str, torch.device, None], n_workers: Optional[int]) -> "CrfSettings":
+        """From the config key crf_backend ('auto' resolved on `device`) and the pool size (the config's
+        crf_workers, its fallback resolved: utils.config_schema.effective)."""
+        return cls(resolve_crf_backend(backend, device), n_workers)
 
     def refine(self, images: Tensor, scores: Tensor) -> Tensor:
         return crf_refine(images, scores, backend=self.backend, n_workers=self.n_workers)
