@@ -100,7 +100,7 @@ def test_the_retrieval_stage_uses_the_float32_rows(tmp_path, monkeypatch):
 
     query, rows = _near_ties()
     names = _write_pickle(tmp_path, rows)
-    monkeypatch.setattr(common, "text_embeddings", lambda model, tokenizer, words: torch.from_numpy(query)[None])
+    monkeypatch.setattr(common, "embed_prompts", lambda model, tokenizer, words, tower: torch.from_numpy(query)[None])
     config = RecoConfig(dir_ckpt=str(tmp_path / "ckpt"), dir_imagenet=str(tmp_path), clip_arch=ARCH, n_imgs=50)
     from reco_api.settings import reference_settings
 
