@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> None:
     from utils import timing
     from utils.distributed import env_rank
 
+    from utils.device import resolve_device
+
     config = check_reco_plus_names(config)
+    resolve_device(config.device)  # an unusable device is named before the inputs are listed
     check_reco_plus_inputs(config, args.weights)  # every missing input in one message, before any work
     with timing.run() as timer:
         if args.weights is not None:

@@ -3,12 +3,19 @@
     python benchmarks/crf.py                      # all sizes, 3 repeats
     python benchmarks/crf.py --quick              # 1 repeat, 2 images, the 27-class size only
     python benchmarks/crf.py --sizes 320x320x27 375x1242x19 --repeats 5
+    python benchmarks/crf.py --products           # the torch port's ways of multiplying the lattice factors
 
 Methods: pydensecrf in this process (the baseline), pydensecrf on a pool of all cores, the torch
 port on CPU (one image at a time) and, when a GPU is present, the torch port on CUDA with the whole
 batch in one lattice (plus its peak GPU memory). Inputs are scikit-image's bundled photos with
 ReCo-like scores (log_softmax of smooth [0, 1] fields). Times are seconds per image, median and best
 of the repeats after one untimed warm-up (which also builds the cached Gaussian kernel of each size).
+
+--products compares, on CPU, the ways utils/sparse_ops.py can multiply the lattice factors
+(RECO_SPARSE_PRODUCT): "sparse_mm" (torch.sparse.mm, what the port used before; it leaks memory on
+CPU), "scipy" (the default on CPU) and "none" (factors kept). Per mode: seconds per image at a size
+seen before (the Gaussian kernel cached) and at a new size (the kernel built again each call, as for
+photos of different sizes), the ratio against sparse_mm, and the resident memory each call keeps.
 """
 from __future__ import annotations
 
@@ -111,6 +118,60 @@ def agreement(q_ref: torch.Tensor, q: torch.Tensor) -> str:
     return f"{100 * equal:.3f}% / {(q_ref - q).abs().max().item():.1e}"
 
 
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def product_modes(name: str, n_images: int, repeats: int) -> list[tuple]:
+    """Per sparse product mode: (size, mode, s/img cached kernel, s/img new size, MB kept per call)."""
+    import gc
+
+    from utils import crf as crf_module, sparse_ops
+
+    h, w, c = SIZES[name]
+    images, logits = photos(n_images, h, w), reco_like_logits(n_images, c, h, w)
+    rows = []
+    try:
+        for mode in ("sparse_mm", "scipy", "none"):
+            sparse_ops.set_product_mode(mode)
+            crf_module._gaussian_operator.cache_clear()
+            dense_crf_batch(images, logits, backend="torch")  # warm-up: the kernel and the work buffers
+            gc.collect()
+            before = rss_mib()
+            for _ in range(max(repeats, 4)):
+                dense_crf_batch(images, logits, backend="torch")
+            gc.collect()
+            kept = (rss_mib() - before) / (max(repeats, 4) * n_images)
+            cached, _ = timed(lambda: dense_crf_batch(images, logits, backend="torch"), repeats)
+
+            def new_size():
+                crf_module._gaussian_operator.cache_clear()
+                return dense_crf_batch(images, logits, backend="torch")
+
+            fresh, _ = timed(new_size, repeats)
+            rows.append((name, mode, cached[1] / n_images, fresh[1] / n_images, kept))
+    finally:
+        sparse_ops.set_product_mode(None)
+        crf_module._gaussian_operator.cache_clear()
+    return rows
+
+
+def print_products(sizes: list[str], n_images: int, repeats: int) -> None:
+    header = (f"{'size':<13} {'products':<10} {'s/img cached':>12} {'x today':>8} {'s/img new size':>14} "
+              f"{'x today':>8} {'MB kept/img':>11}")
+    print(header)
+    print("-" * len(header))
+    for name in sizes:
+        rows = product_modes(name, n_images, repeats)
+        today = rows[0]
+        for size, mode, cached, fresh, kept in rows:
+            print(f"{size:<13} {mode:<10} {cached:12.3f} {today[2] / cached:7.2f}x {fresh:14.3f} "
+                  f"{today[3] / fresh:7.2f}x {kept:11.2f}", flush=True)
+    print("x today = sparse_mm (torch.sparse.mm, the product before) seconds / mode seconds, best of the repeats; "
+          "MB kept/img = resident memory not returned per image after gc.collect()")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
@@ -118,11 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=4, help="images per size (one batch)")
     parser.add_argument("--batch", type=int, default=8, help="images per lattice on CUDA")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 2 images, 320x320x27 unless --sizes")
+    parser.add_argument("--products", action="store_true", help="compare the sparse product modes on CPU")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.images = 1, 2
         if "--sizes" not in (argv if argv is not None else sys.argv[1:]):
             args.sizes = ["320x320x27"]
+    if args.products:
+        print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}; {args.images} images per "
+              f"size, best of {args.repeats}")
+        print_products(args.sizes, args.images, args.repeats)
+        return
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     print(f"CPU cores: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, {device}; "
           f"{args.images} images per size, median of {args.repeats}")

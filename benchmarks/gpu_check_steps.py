@@ -1,7 +1,7 @@
 """The measuring parts of benchmarks/gpu_check.py; each runs in its own process and returns a dict.
 
 Every part takes `dry`: True swaps in tiny sizes and the CPU, so that the whole check runs in a test
-(tests/test_gpu_check.py) and cannot rot. Sizes of the real run are chosen to fit the 8-minute budget on
+(tests/test_gpu_check.py) and cannot rot. Sizes of the real run are chosen to fit the 8.5-minute budget on
 one H100/H200.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 # name -> (H, W, C); the dry run keeps the names and shrinks the images
 CRF_SIZES = {"320x320x27": (320, 320, 27), "320x320x171": (320, 320, 171), "375x1242x19": (375, 1242, 19)}
+CRF_FLAT_MIB = 16.0  # growth from call 10 to call 100 below which a CRF product counts as not leaking
 CRF_SIZES_DRY = {"320x320x27": (24, 24, 27), "320x320x171": (20, 24, 171), "375x1242x19": (15, 50, 19)}
 
 
@@ -85,6 +86,53 @@ def crf(dry: bool) -> dict[str, Any]:
     finally:
         shutdown_crf_pools()
     return {"device": str(device), "sizes": sizes}
+
+
+def crf_memory(dry: bool) -> dict[str, Any]:
+    """Device memory after 100 torch-CRF calls against after 10, for each way of multiplying the lattice
+    factors (utils/sparse_ops.py PRODUCT_MODES), with ms per call: which product keeps memory flat on this
+    device, and what each costs. On a CPU (the dry run) the memory is the process's resident set."""
+    import gc
+
+    from benchmarks.crf import photos, reco_like_logits
+    from utils import crf as crf_module, sparse_ops
+
+    device = _device(dry)
+    h, w, c = (24, 32, 5) if dry else (240, 320, 19)
+    image = torch.from_numpy(photos(1, h, w)).to(device)
+    logits = reco_like_logits(1, c, h, w).to(device)
+
+    def memory_mib() -> float:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()  # what the caching allocator holds for reuse is not growth
+            free, total = torch.cuda.mem_get_info(device)
+            return (total - free) / 2**20
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    modes = {}
+    try:
+        for mode in sparse_ops.PRODUCT_MODES:
+            sparse_ops.set_product_mode(mode)
+            crf_module._gaussian_operator.cache_clear()  # built again under this mode
+            marks, start = {}, time.perf_counter()
+            for call in range(1, 101):
+                crf_module.dense_crf_batch(image, logits, backend="torch")
+                if call in (10, 100):
+                    marks[call] = memory_mib()
+                if call == 10:
+                    start = time.perf_counter()
+            _sync(device)
+            growth = marks[100] - marks[10]
+            modes[mode] = {"mib_after_10": marks[10], "mib_after_100": marks[100], "growth_mib": growth,
+                           "mib_per_call": growth / 90, "ms_per_call": 1000 * (time.perf_counter() - start) / 90,
+                           "flat": growth < CRF_FLAT_MIB}
+    finally:
+        sparse_ops.set_product_mode(None)
+        crf_module._gaussian_operator.cache_clear()
+    return {"device": str(device), "shape": [h, w, c], "default": sparse_ops.product_mode(device), "modes": modes}
 
 
 def index_build(dry: bool) -> dict[str, Any]:
@@ -218,4 +266,4 @@ def own_images(dry: bool) -> dict[str, Any]:
     return {"device": str(device), "seconds": seconds, "images": len(sizes)}
 
 
-STEPS = {"crf": crf, "index_build": index_build, "reco_plus_train": reco_plus_train, "own_images": own_images}
+STEPS = {"crf": crf, "crf_memory": crf_memory, "index_build": index_build, "reco_plus_train": reco_plus_train, "own_images": own_images}

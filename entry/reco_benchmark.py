@@ -200,7 +200,8 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
                     save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
             if i < n_visualisations:
                 rgb = denormalise_image(batch["image"][:1])[0]
-                save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette)
+                save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette,
+                            metadata.eval_categories(name))
 
     class_names = metadata.eval_categories(dataset_name)
     results = named_scores(scores.scores(), class_names)

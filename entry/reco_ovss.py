@@ -185,7 +185,8 @@ def evaluate_ovss(dataset_name: str, *, dataset: Dataset, protocol: OvssProtocol
             if i < n_visualisations and j == 0:
                 with timing.stage("writing"):
                     rgb = denormalise_image(batch["image"][:1])[0]
-                    save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette)
+                    save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette,
+                                protocol.class_names)
 
     results = named_scores(scores.scores(), protocol.class_names)
     results_crf = named_scores(scores_crf.scores(), protocol.class_names)

@@ -69,7 +69,7 @@ def run_evaluation(model: torch.nn.Module, loader: DataLoader, config: RecoPlusC
         save_json(out_dir / "results_crf.json", named_scores(result.scores_crf, names))
         for s in result.samples:
             save_panels(out_dir / f"{s.batch_index:04d}.png", denormalise_image(s.image), s.gt, s.pred, s.pred_crf,
-                        palette)
+                        palette, names)
     logger.info("%s: mIoU %.4f, CRF mIoU %.4f, pixel acc %.4f (CRF %.4f) on %d images -> %s", desc,
                 result.scores["Mean IoU"], result.scores_crf["Mean IoU"], result.scores["Pixel Acc"],
                 result.scores_crf["Pixel Acc"], result.n_images, out_dir)

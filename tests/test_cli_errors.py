@@ -76,6 +76,7 @@ def test_cuda_on_a_machine_without_cuda(tmp_path, capsys, entry):
 def test_junk_weights_for_reco_plus(tmp_path, capsys, content):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(content)
+    (tmp_path / "cityscapes").mkdir()  # the inputs are checked first; here only the weights are wrong
     assert main_reco_plus.main(["--config", str(plus_yaml(tmp_path)), "--weights", str(junk)]) == 2
     (line,) = error_lines(capsys)
     assert line.startswith(f"error: --weights: cannot read {junk} as a PyTorch state_dict (")

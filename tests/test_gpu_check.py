@@ -23,12 +23,13 @@ def test_dry_run_of_every_part(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     logs = {p: Path(r["log"]).read_text()[-2000:] for p, r in report["parts"].items() if r["returncode"] != 0}
     assert done.returncode == 0, (done.stdout[-3000:], logs)
-    assert report["dry_run"] and set(report["parts"]) == {"cuda_tests", "crf", "index_build", "reco_plus_train",
+    assert report["dry_run"] and set(report["parts"]) == {"cuda_tests", "crf", "crf_memory", "index_build", "reco_plus_train",
                                                            "own_images"}
     assert all(r["returncode"] == 0 for r in report["parts"].values())
     checks = [row["check"] for row in report["table"]]
     for expected in ("CUDA tests", "CRF 320x320x171: labels equal", "index: full build", "ImageNet-train",
-                     "ReCo+ train", "own images end to end", "decode_jpeg on cpu vs PIL"):
+                     "ReCo+ train", "own images end to end", "decode_jpeg on cpu vs PIL",
+                     "CRF memory, products 'scipy' (default)", "CRF memory, products 'sparse_mm'"):
         assert any(expected in c for c in checks), (expected, checks)
     assert all(row["status"] in ("ok", "dry run") for row in report["table"])
     assert report["parts"]["cuda_tests"]["tests"]["tests"] >= 5  # the cuda-marked tests were collected
@@ -47,6 +48,11 @@ def _results(**changes):
         "cuda_tests": {"returncode": 0, "timed_out": False, "log": "x", "seconds": 1,
                        "tests": {"tests": 9, "failures": 0, "errors": 0, "skipped": 0}},
         "crf": {"returncode": 0, "timed_out": False, "log": "x", "seconds": 1, "data": {"sizes": crf}},
+        "crf_memory": {"returncode": 0, "timed_out": False, "log": "x", "seconds": 1, "data": {
+            "device": "cuda", "shape": [240, 320, 19], "default": "none", "modes": {
+                mode: {"mib_after_10": 900.0, "mib_after_100": 900.0 + growth, "growth_mib": growth,
+                       "mib_per_call": growth / 90, "ms_per_call": 5.0, "flat": growth < 16}
+                for mode, growth in (("scipy", 0.0), ("sparse_mm", 300.0), ("none", 2.0))}}},
         "index_build": {"returncode": 0, "timed_out": False, "log": "x", "seconds": 1, "data": {
             "arch": "ViT-L/14@336px", "model_only_fp16": 1200.0, "model_only_bf16": 1210.0, "build_precision": "fp16",
             "num_workers": 15, "full_build_steady": 1100.0, "full_over_model": 1100 / 1200,
@@ -64,6 +70,8 @@ def _results(**changes):
 def test_a_good_gpu_run_passes():
     rows = table_rows(_results(), dry=False)
     assert all(r["status"] == "ok" for r in rows), rows
+    leaking = [r for r in rows if "'sparse_mm'" in r["check"]]  # not the default: information, not a failure
+    assert len(leaking) == 1 and "LEAKS" in leaking[0]["value"]
     assert exit_status(rows, strict_targets=True) == 0
 
 
@@ -73,6 +81,7 @@ def test_a_good_gpu_run_passes():
     {"crf__timed_out": True, "crf__returncode": None},
     {"index_build__returncode": 1},
     {"crf__data__sizes__320x320x171__labels_equal": 0.95},
+    {"crf_memory__data__default": "sparse_mm"},  # the product the CUDA path uses grows device memory
 ])
 def test_failures_fail_the_check(change):
     rows = table_rows(_results(**change), dry=False)

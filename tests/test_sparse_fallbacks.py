@@ -14,6 +14,18 @@ sktransform = pytest.importorskip("skimage.transform")
 
 
 @pytest.fixture
+def product(monkeypatch):
+    """Set the sparse product mode, with the cached Gaussian kernels rebuilt under it (and again afterwards)."""
+
+    def choose(mode):
+        sparse_ops.set_product_mode(mode)
+        crf._gaussian_operator.cache_clear()
+
+    yield choose
+    choose(None)
+
+
+@pytest.fixture
 def forced(monkeypatch):
     """Force a fallback, with the cached Gaussian kernels rebuilt under it (and again afterwards)."""
     monkeypatch.setattr(sparse_ops, "_working", {})
@@ -124,3 +136,57 @@ def test_cuda_buffer_full_of_nan_is_overwritten(forced, mode):
     torch.testing.assert_close(out, expected)
     accumulated = sparse_ops.spmm(matrix, x, torch.ones(3, 2, device="cuda"), accumulate=True)
     torch.testing.assert_close(accumulated, expected + 1)
+
+
+def _random_csr(rows, cols, per_row, seed):
+    g = torch.Generator().manual_seed(seed)
+    col = torch.stack([torch.randperm(cols, generator=g)[:per_row].sort().values for _ in range(rows)]).flatten()
+    return sparse_ops.csr(torch.arange(0, rows * per_row + 1, per_row), col, torch.rand(rows * per_row, generator=g),
+                          (rows, cols))
+
+
+def test_scipy_product_equals_the_dense_product(product):
+    """csr_product is matrices[-1] @ ... @ matrices[0], in every mode that multiplies."""
+    a, b, c = _random_csr(30, 20, 3, 0), _random_csr(40, 30, 4, 1), _random_csr(10, 40, 2, 2)
+    expected = c.to_dense() @ b.to_dense() @ a.to_dense()
+    for mode in ("scipy", "sparse_mm"):
+        product(mode)
+        result = sparse_ops.csr_product([a, b, c])
+        assert result.layout == torch.sparse_csr and result.shape == (10, 20)
+        torch.testing.assert_close(result.to_dense(), expected, rtol=1e-6, atol=1e-6)
+    product("none")
+    assert sparse_ops.csr_product([a, b, c]) is None
+
+
+def test_product_defaults_by_device(product):
+    product(None)
+    assert sparse_ops.product_mode(torch.device("cpu")) == "scipy"  # torch.sparse.mm leaks on CPU
+    assert sparse_ops.product_mode(torch.device("cuda")) == "none"  # see benchmarks/gpu_check.py crf_memory
+    product("sparse_mm")
+    assert sparse_ops.product_mode(torch.device("cpu")) == "sparse_mm"
+    with pytest.raises(ValueError, match="product mode"):
+        sparse_ops.set_product_mode("dense")
+
+
+def test_every_product_mode_gives_the_same_crf(product):
+    """Multiplying the lattice factors out is only an optimisation: the same CRF with scipy, torch.sparse.mm
+    (what the port used before) and with the factors kept."""
+    images, logits = _inputs()
+    results = {}
+    for mode in ("sparse_mm", "scipy", "none"):
+        product(mode)
+        results[mode] = dense_crf_batch(images, logits, backend="torch", chunk_size=2)
+    for mode in ("scipy", "none"):
+        torch.testing.assert_close(results[mode], results["sparse_mm"], rtol=0, atol=1e-5)
+        assert (results[mode].argmax(1) == results["sparse_mm"].argmax(1)).float().mean() > 0.999
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["scipy", "sparse_mm", "none"])
+def test_cuda_crf_equals_cpu_with_each_product_mode(product, mode):
+    images, logits = _inputs()
+    product(None)
+    cpu = dense_crf_batch(images, logits, backend="torch", chunk_size=2)
+    product(mode)
+    cuda = dense_crf_batch(torch.from_numpy(images).cuda(), logits.cuda(), backend="torch", chunk_size=2)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=0, atol=1e-5)

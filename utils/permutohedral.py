@@ -8,7 +8,8 @@ share one lattice by putting the image index into the most significant digit of 
 images never touch each other. ``S``, ``B_j`` and the slice ``S^T`` are CSR sparse matrices: on
 CPU (2 cores, 320x320, 27 labels) a CSR blur took 4-5 ms against 6-8 ms for gather + add, and a
 CSR splat ~10 ms against ~90 ms for index_add_. Their products are in utils/sparse_ops.py, which falls
-back to plain tensor operations where a sparse operator is missing.
+back to plain tensor operations where a sparse operator is missing; multiplying factors together
+(csr_product) is optional and per device (scipy on CPU, where torch.sparse.mm of CSR tensors leaks).
 
 Details reproduced in behaviour from pydensecrf's x86 build, which takes its SSE path: float32
 elevation in the same operation order, round-half-even of ``elevated * float32(1/(d+1))``
@@ -210,7 +211,8 @@ class LatticeOperator:
         self._buffers.clear()
 
     def to_matrix(self) -> "MatrixOperator | LatticeOperator":
-        """Multiply the chain out into one (P, P) sparse matrix (self if that is unsupported). Worth
+        """Multiply the chain out into one (P, P) sparse matrix (self if that is unsupported or the
+        device's product mode keeps factors, utils/sparse_ops.py). Worth
         it for small d only: the Gaussian kernel (d = 2) has ~32 entries per row, and one product
         beats five (9 ms against 13 ms at 320x320, 27 labels)."""
         matrix = _product([self.splat, *self.blurs, self.slice])

@@ -1,11 +1,20 @@
 """Figures: evaluation panels, co-segmentation maps, own-image overlays and legends, training curves.
 
-The only module that plots. Figures are rendered with matplotlib's Agg backend into memory and
-written atomically.
+The only module that plots. Figures are drawn on `Figure` objects of their own (not through pyplot's
+global state, so that threads such as the web demo's requests can draw at the same time), laid out
+with matplotlib's constrained layout so that titles, legends and colour bars stay inside the picture,
+and written atomically.
+
+Overlays tint the image's grey levels, not its colours: a class colour blended with the image's own hue
+changes hue (navy over a blue sky reads as blue, maroon over green grass as brown) and could not be
+matched with its legend swatch. Over grey it only gets darker or lighter, along the ramp that the
+legend draws for it (`overlay_ramp`).
 """
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -15,10 +24,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from utils.io import atomic_write  # noqa: E402
-from utils.palette import voc_colormap  # noqa: E402
+
+OVERLAY_ALPHA = 0.5  # weight of the class colour in an overlay; the image's grey level has the rest
+IGNORED_NAME = "ignored (not scored)"  # legend entry of the ground truth's black, out-of-range labels
+PANEL_INCHES = 3.0  # width and height of one evaluation panel
+LEGEND_COLUMNS_PER_PANEL = 2
+LEGEND_ROW_INCHES = 0.22
+PALETTE_LEVELS = (0, 32, 64, 96, 128, 160, 192, 224, 255)  # per channel, for the own-class colours
+MIN_CHROMA = 80.0  # |c - mean(c)| of an own-class colour: weaker tints are hard to see in an overlay
 
 
 def colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -32,14 +48,107 @@ def colourise(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def label_palette(n: int) -> np.ndarray:
-    """n distinct colours for own class lists: the VOC colour map without its black first entry."""
-    return voc_colormap(n + 1)[1:]
+    """(n, 3) uint8 colours for own class lists, chosen so that classes stay apart in an overlay.
+
+    An overlay tints grey levels (`overlay`), so the brightness of a class colour cannot be told from
+    the image's own brightness; only its chroma can (the colour minus its grey, c - mean(c)). Two classes
+    can be told apart over any grey levels by ALPHA * |chroma difference|. The colours are taken in
+    farthest-point order in chroma from red on a grid of RGB colours with a visible tint: each next one
+    is the colour farthest from all earlier ones, so a class keeps its colour whatever the number of
+    classes and the first few are far apart (red, cyan, violet, chartreuse, blue, ...).
+    """
+    colours = _chroma_spread_colours()
+    if n > len(colours):
+        raise ValueError(f"label_palette: at most {len(colours)} classes get distinct overlay colours, not {n}")
+    return colours[:n].copy()
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend an (H, W, 3) uint8 image with its coloured (H, W) label map."""
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colourise(labels, palette).astype(np.float32)
+@functools.lru_cache(maxsize=1)
+def _chroma_spread_colours() -> np.ndarray:
+    """(K, 3) uint8: the grid's colours of distinct chroma in farthest-point order (see `label_palette`)."""
+    candidates = np.array(list(itertools.product(PALETTE_LEVELS, repeat=3)), dtype=np.float64)
+    chroma = candidates - candidates.mean(axis=1, keepdims=True)
+    keep = np.linalg.norm(chroma, axis=1) >= MIN_CHROMA
+    candidates, chroma = candidates[keep], chroma[keep]
+    # of colours with the same chroma, the one nearest mid brightness comes first and is the one taken
+    order = np.argsort(np.abs(candidates.mean(axis=1) - 127.5), kind="stable")
+    candidates, chroma = candidates[order], chroma[order]
+    chosen = [int(np.argmin(np.abs(candidates - (255, 0, 0)).sum(axis=1)))]
+    distance = np.linalg.norm(chroma - chroma[chosen[0]], axis=1)
+    while distance.max() > 0:
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(chroma - chroma[chosen[-1]], axis=1))
+    return candidates[chosen].astype(np.uint8)
+
+
+def grey_levels(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) float32 luma in [0, 255] (ITU-R BT.601 weights, as PIL's "L" mode)."""
+    return np.asarray(image, dtype=np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """(H, W, 3) uint8 image, (H, W) labels -> (H, W, 3) uint8: the image's grey levels tinted with the class
+    colours, (1 - alpha) * grey + alpha * colour. Every pixel of class c lies on `overlay_ramp(palette)[c]`."""
+    grey = grey_levels(image)[..., None]
+    blended = (1 - alpha) * grey + alpha * colourise(labels, palette).astype(np.float32)
     return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def overlay_ramp(palette: np.ndarray, steps: int = 256, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """(N, 3) palette -> (N, steps, 3) uint8: each class colour as `overlay` draws it over grey levels
+    from black to white, the colours that the class can take in an overlay (the legend's swatches)."""
+    grey = np.linspace(0.0, 255.0, steps, dtype=np.float32)[None, :, None]
+    colours = np.asarray(palette, dtype=np.float32)[:, None, :]
+    return np.clip(np.round((1 - alpha) * grey + alpha * colours), 0, 255).astype(np.uint8)
+
+
+def present_classes(label_maps: Sequence[Optional[np.ndarray]], n_classes: int) -> tuple[list[int], bool]:
+    """The class indices found in any of the (H, W) label maps (None ones are skipped), in increasing order,
+    and whether any label lies outside [0, n_classes) (drawn black: not scored)."""
+    found = np.zeros(n_classes, dtype=bool)
+    outside = False
+    for labels in label_maps:
+        if labels is None:
+            continue
+        labels = np.asarray(labels).astype(np.int64).ravel()
+        valid = (labels >= 0) & (labels < n_classes)
+        found |= np.bincount(labels[valid], minlength=n_classes) > 0
+        outside = outside or not bool(valid.all())
+    return np.flatnonzero(found).tolist(), outside
+
+
+def panels_figure(
+    image: np.ndarray,
+    gt: Optional[np.ndarray],
+    pred: np.ndarray,
+    pred_crf: Optional[np.ndarray],
+    palette: np.ndarray,
+    names: Sequence[str],
+) -> Figure:
+    """A 1 x 4 figure: image, ground truth, prediction, CRF prediction (missing panels are skipped), with a
+    legend below them of the classes that appear in the ground truth or a prediction (swatch and name).
+
+    image (H, W, 3) uint8; gt, pred, pred_crf (H, W) class indices into `names` and `palette`.
+    """
+    if len(names) > len(palette):
+        raise ValueError(f"save_panels: {len(names)} class names but only {len(palette)} palette colours")
+    panels = [("image", image), ("ground truth", gt), ("prediction", pred), ("prediction + CRF", pred_crf)]
+    panels = [(title, data) for title, data in panels if data is not None]
+    present, outside = present_classes([gt, pred, pred_crf], len(names))
+    handles = [Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.4", label=names[c]) for c in present]
+    if outside:
+        handles.append(Patch(facecolor="black", edgecolor="0.4", label=IGNORED_NAME))
+    columns = LEGEND_COLUMNS_PER_PANEL * len(panels)
+    rows = -(-len(handles) // columns)
+    fig = Figure(figsize=(PANEL_INCHES * len(panels), PANEL_INCHES + LEGEND_ROW_INCHES * rows), layout="constrained")
+    for ax, (title, data) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        ax.imshow(data if data.ndim == 3 else colourise(data, palette), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(columns, len(handles)), fontsize=7,
+                   frameon=False, handlelength=1.2, columnspacing=1.0)
+    return fig
 
 
 def save_panels(
@@ -49,62 +158,72 @@ def save_panels(
     pred: np.ndarray,
     pred_crf: Optional[np.ndarray],
     palette: np.ndarray,
+    names: Sequence[str],
 ) -> None:
-    """A 1 x 4 figure: image, ground truth, prediction, CRF prediction (missing panels are skipped)."""
-    panels = [("image", image), ("ground truth", gt), ("prediction", pred), ("prediction + CRF", pred_crf)]
-    panels = [(title, data) for title, data in panels if data is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3), squeeze=False)
-    for ax, (title, data) in zip(axes[0], panels):
-        ax.imshow(data if data.ndim == 3 else colourise(data, palette))
-        ax.set_title(title, fontsize=9)
+    """`panels_figure` written as a PNG file."""
+    _save_figure(panels_figure(image, gt, pred, pred_crf, palette, names), path)
+
+
+def cosegmentation_figure(images: np.ndarray, similarity: np.ndarray, title: str = "", n: int = 5) -> Figure:
+    """The first `n` retrieved images (grey levels) under their similarity to the reference (jet, alpha 0.5),
+    with a colour bar of the cosine similarity from -1 to 1 drawn as it looks over mid-grey.
+
+    images (k, H, W, 3) uint8; similarity (k, H, W) float, already resized to the images.
+    """
+    n = min(n, len(images))
+    fig = Figure(figsize=(2.5 * n + 0.9, 2.9), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    heat = None
+    for i, ax in enumerate(axes):
+        ax.imshow(grey_levels(images[i]), cmap="gray", vmin=0, vmax=255)
+        heat = ax.imshow(similarity[i], cmap="jet", alpha=0.5, vmin=-1, vmax=1)
         ax.axis("off")
-    fig.tight_layout(pad=0.5)
-    _save_figure(fig, path)
+    if heat is not None:
+        bar = fig.colorbar(heat, ax=list(axes), fraction=0.05, pad=0.02, ticks=[-1, -0.5, 0, 0.5, 1])
+        bar.ax.set_facecolor("0.5")  # the bar's half-transparent colours over mid-grey, as over an image
+        bar.set_label("cosine similarity to\nthe reference embedding", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def save_cosegmentation(
     path: str | os.PathLike, images: np.ndarray, similarity: np.ndarray, title: str = "", n: int = 5
 ) -> None:
-    """The first `n` retrieved images with their similarity to the reference (jet, alpha 0.5).
-
-    images (k, H, W, 3) uint8; similarity (k, H, W) float, already resized to the images.
-    """
-    n = min(n, len(images))
-    fig, axes = plt.subplots(1, n, figsize=(2.5 * n, 2.7), squeeze=False)
-    for i, ax in enumerate(axes[0]):
-        ax.imshow(images[i])
-        ax.imshow(similarity[i], cmap="jet", alpha=0.5, vmin=-1, vmax=1)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.5)
-    _save_figure(fig, path)
+    """`cosegmentation_figure` written as a PNG file."""
+    _save_figure(cosegmentation_figure(images, similarity, title, n), path)
 
 
 def save_legend(path: str | os.PathLike, categories: Sequence[str], palette: np.ndarray) -> None:
-    """A swatch and the name of every category, as a PNG file."""
+    """The legend of the overlays (`legend_png`) as a PNG file."""
     with atomic_write(path, "wb") as f:
         f.write(legend_png(categories, palette))
 
 
-def legend_png(categories: Sequence[str], palette: np.ndarray) -> bytes:
-    """The PNG bytes of the legend: a swatch and the name of every category.
-
-    Drawn on a `Figure` of its own, not through pyplot's global state, so that threads (the web
-    demo's requests) can draw legends at the same time.
-    """
+def legend_figure(categories: Sequence[str], palette: np.ndarray) -> Figure:
+    """The legend of the overlays: for every category, its name and a swatch that shows its colour as the
+    overlay draws it, over grey levels from black (left) to white (right) (`overlay_ramp`)."""
     n = len(categories)
-    fig = Figure(figsize=(3.2, 0.3 * n + 0.3))
+    ramps = overlay_ramp(np.asarray(palette)[:n])
+    fig = Figure(figsize=(3.2, 0.3 * n + 0.5))
     ax = fig.add_subplot()
     for i, name in enumerate(categories):
-        ax.add_patch(Rectangle((0, n - 1 - i), 0.8, 0.8, color=np.asarray(palette[i]) / 255.0))
-        ax.text(1.1, n - 1 - i + 0.4, name, va="center", fontsize=9)
+        y = n - 1 - i
+        ax.imshow(ramps[i:i + 1], extent=(0, 2.0, y, y + 0.8), interpolation="nearest", aspect="auto")
+        ax.text(2.3, y + 0.4, name, va="center", fontsize=9)
+    ax.text(0, n + 0.1, "overlay colour over dark → light", fontsize=7, color="0.3")
     ax.set_xlim(0, 8)
-    ax.set_ylim(-0.2, n)
+    ax.set_ylim(-0.2, n + 0.6)
     ax.axis("off")
-    fig.tight_layout(pad=0.2)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.98)
+    return fig
+
+
+def legend_png(categories: Sequence[str], palette: np.ndarray) -> bytes:
+    """The PNG bytes of `legend_figure`."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    legend_figure(categories, palette).savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
 
 
@@ -130,7 +249,7 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping]) ->
     _save_figure(fig, path)
 
 
-def _save_figure(fig: "plt.Figure", path: str | os.PathLike) -> None:
+def _save_figure(fig: Figure, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
