@@ -69,7 +69,7 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
 
     logger.info("loading the models")
     encoder = build_encoder(settings.models, device)
-    dense = build_dense_clip(settings.models, device)
+    dense = build_dense_clip(settings.models, device, settings.cache_root)
     if reusable:
         references = read_references(pickle_path, categories, encoder.embed_dim)
     else:
@@ -201,7 +201,7 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
             if i < n_visualisations:
                 rgb = denormalise_image(batch["image"][:1])[0]
                 save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette,
-                            metadata.eval_categories(name))
+                            metadata.eval_categories(dataset_name))
 
     class_names = metadata.eval_categories(dataset_name)
     results = named_scores(scores.scores(), class_names)
