@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
 from utils.config_schema import ConfigError, build_dataclass, load_yaml_dataclass
@@ -41,7 +41,7 @@ def _check_ranges(config: Any) -> None:
     for key, rule in RANGES[type(config).__name__].items():
         value = getattr(config, key)
         operator, bound = rule.split()
-        if value is not None and not _COMPARISONS[operator](value, float(bound)):
+        if isinstance(value, (int, float)) and not _COMPARISONS[operator](value, float(bound)):  # not 'auto'
             raise ConfigError(f"'{key}' must be {rule}, got {value}")
 
 
@@ -119,7 +119,7 @@ class RecoConfig:
     reference_aliases: dict[str, str] = field(default_factory=lambda: dict(PAPER_REFERENCE_ALIASES))
     n_visualisations: int = 10
     clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    index_batch_size: int = 256
+    index_batch_size: Union[Literal["auto"], int] = "auto"  # auto: 256 on CUDA, 32 on a CPU (utils/device.py)
     index_shard_size: int = 8192
     index_workers: Optional[int] = None  # DataLoader workers of the index build; None -> see entry/reco_index.py
     categories: Optional[list[str]] = None      # own images: class names (also --categories)

@@ -72,7 +72,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for candidate in inner[:-1]:  # e.g. Union[Literal["auto"], int]: the first type the value fits
+            try:
+                return _coerce(candidate, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
