@@ -7,6 +7,7 @@ may modify what they get without corrupting the cache.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -181,7 +182,7 @@ def ovss_classes(dataset_name: str) -> list[OvssClass]:
         classes.append(OvssClass(entry["name"], tuple(q.strip() for q in queries)))
     names = [c.name for c in classes]
     if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names {sorted({n for n in names if names.count(n) > 1})}")
+        raise ValueError(f"{path}: duplicate class names {sorted(n for n, k in Counter(names).items() if k > 1)}")
     return classes
 
 

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from datasets.benchmarks import collate, size_grouped_batches
 from utils import timing
+from utils.device import effective_workers
 from utils.io import atomic_write, save_json
 from utils.progress import FirstFewWarnings
 
@@ -52,7 +53,8 @@ def readable_batches(dataset: Dataset, *, batch_size: int, n_workers: int, devic
     Unreadable images are logged and appended to `skipped`; the batch number counts every batch, so it
     does not depend on which images could be read. Waiting for a batch is the 'data loading' stage.
     """
-    loader = DataLoader(SkipUnreadable(dataset, fatal), num_workers=n_workers, pin_memory=device.type == "cuda",
+    loader = DataLoader(SkipUnreadable(dataset, fatal), num_workers=effective_workers(n_workers, device),
+                        pin_memory=device.type == "cuda",
                         collate_fn=collate_readable,
                         batch_sampler=size_grouped_batches(dataset.image_sizes(unreadable=(0, 0)), batch_size))
     iterator = iter(tqdm(loader, desc=desc, unit="batch"))

@@ -69,7 +69,7 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
 
     logger.info("loading the models")
     encoder = build_encoder(settings.models, device)
-    dense = build_dense_clip(settings.models, device)
+    dense = build_dense_clip(settings.models, device, settings.cache_root)
     if reusable:
         references = read_references(pickle_path, categories, encoder.embed_dim)
     else:

@@ -25,7 +25,7 @@ from reco_api.references import retrieval_collection
 from reco_api.settings import reference_settings
 from utils import distributed, timing
 from utils.config import RecoConfig
-from utils.device import extra_log_file, resolve_device
+from utils.device import effective_batch_size, effective_workers, extra_log_file, resolve_device
 
 logger = logging.getLogger("reco")
 T = TypeVar("T")
@@ -78,7 +78,8 @@ def run_index_stage(config: RecoConfig) -> Path:
                 build_index(
                     paths, embed, out_dir, meta,
                     make_dataset=lambda subset: IndexBuildDataset(subset, image_size, normalise=False, resize=resize),
-                    batch_size=config.index_batch_size, num_workers=index_workers(config, device),
+                    batch_size=effective_batch_size(config.index_batch_size, device),
+                    num_workers=index_workers(config, device),
                     shard_size=config.index_shard_size, device=device, rank=rank, world_size=world_size,
                     barrier=distributed.barrier, logger=logger,
                     autocast_dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
@@ -92,11 +93,11 @@ def run_index_stage(config: RecoConfig) -> Path:
 def index_workers(config: RecoConfig, device: torch.device) -> int:
     """DataLoader workers of the build: `index_workers`, else on a GPU all the cores of this process's
     share of the machine but one (JPEG decoding and the bicubic resize must keep up with the GPU), else
-    `n_workers` (on a CPU the workers compete with the model for the cores)."""
+    `n_workers` up to the cores less one (on a CPU the workers compete with the model for the cores)."""
     if config.index_workers is not None:
         return config.index_workers
     if device.type != "cuda":
-        return config.n_workers
+        return effective_workers(config.n_workers, device)
     processes_here = distributed.env_local_world_size()
     return max(1, (os.cpu_count() or 2) // processes_here - 1)
 

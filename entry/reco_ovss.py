@@ -141,7 +141,7 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
 
     encoder = build_encoder(settings.models, device)
-    dense = build_dense_clip(settings.models, device)
+    dense = build_dense_clip(settings.models, device, settings.cache_root)
     references = building_missing_index(config, lambda: compute_references(
         settings, protocol.queries, device, encoder, dense, on_reference=cosegmentation_visualiser(run_dir)))
     if references_only:

@@ -26,7 +26,7 @@ from reco_plus import (NO_EVALUATION, EvalResult, PolyLR, ResumableBatchSampler,
 from reco_plus.ddp import any_rank, gather_rng_states, wrap_ddp
 from utils import timing
 from utils.config import ConfigError, RecoPlusConfig, require_dir, require_file
-from utils.device import resolve_device, seed_everything, setup_logging
+from utils.device import effective_workers, resolve_device, seed_everything, setup_logging
 from utils.distributed import init_distributed, is_distributed
 from utils.file_identity import content_hash
 from utils.file_lock import FolderInUseError, folder_lock
@@ -230,8 +230,9 @@ def _train_in(run_dir: Path, config: RecoPlusConfig, train_set: Any, n_classes: 
         logger.info("training already finished (%d iterations) in %s", start, run_dir)
         return {"run_dir": run_dir, "iteration": start, "best_miou": best, "stopped": False}
     sampler = ResumableBatchSampler(len(train_set), config.batch_size // world_size, config.seed, start, rank, world_size)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=config.n_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=config.n_workers > 0,
+    workers = effective_workers(config.n_workers, device)  # on a CPU: the cores less one at most
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(config.seed))  # keeps the global RNG untouched
     model = wrap_ddp(model, device)
     val = val_loader(config, device) if is_main else None

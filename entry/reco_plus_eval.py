@@ -19,7 +19,7 @@ from reco_plus import EvalResult, evaluate
 from utils import timing
 from utils.config import ConfigError, RecoPlusConfig, config_to_dict, effective, require_dir, require_file
 from utils.crf import CrfSettings, denormalise_image
-from utils.device import resolve_device, setup_logging
+from utils.device import effective_workers, resolve_device, setup_logging
 from utils.distributed import env_rank
 from utils.io import atomic_write, describe_exception, save_json
 from utils.metrics import named_scores
@@ -50,7 +50,8 @@ def val_loader(config: RecoPlusConfig, device: torch.device) -> DataLoader:
         raise ConfigError(f"dir_dataset: {e}") from None
     # KITTI-STEP frames keep their size: batches only group equal sizes.
     batches = size_grouped_batches(dataset.image_sizes(), config.eval_batch_size)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=config.n_workers,
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                      num_workers=effective_workers(config.n_workers, device),
                       pin_memory=device.type == "cuda")
 
 

@@ -6,6 +6,7 @@ DenseCLIP text embedding, and an optional cache stores one reference per (catego
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 import torch
@@ -74,7 +75,7 @@ def compute_reference_embeddings(
     called for every reference actually computed (for visualisation).
     """
     if len(set(categories)) != len(categories):
-        duplicates = sorted({c for c in categories if list(categories).count(c) > 1})
+        duplicates = sorted(c for c, n in Counter(categories).items() if n > 1)
         raise ValueError(f"duplicate category names: {duplicates}")
 
     def compute(name: str, contexts: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from reco.references import stack_references
 from reco_api.class_names import check_categories, check_segmentation_classes
 from reco_api.models import DenseClipModels, InferenceModels, build_dense_clip, build_encoder, build_retrieval_clip
 from reco_api.predictor import Predictor
-from reco_api.references import compute_references
+from reco_api.references import compute_references, retrieval_text_embeddings
 from reco_api.result import Segmentation
 from reco_api.settings import crf_settings, inference_settings, reference_settings
 from utils.config import RecoConfig, check_device_name
@@ -45,7 +45,7 @@ class ReCo:
     dense `encoder` and `dense` (DenseCLIP and its text tower) to the constructor, which builds only
     what it is not given. The reference embedding of each class name is computed once: it is memoised
     here, and cached on disk per class in `reference_cache_dir`, shared with the command line and the
-    benchmark runs. Requests may come from several threads at once: reference computation is
+    benchmark runs; so are the text embeddings of the names (retrieval queries and DenseCLIP's). Requests may come from several threads at once: reference computation is
     serialised by a lock, segmentation is not.
     """
 
@@ -68,11 +68,13 @@ class ReCo:
         self.crf = crf_settings(config, self.device)
         models = self.settings.models
         self.encoder = (encoder if encoder is not None else build_encoder(models, self.device)).eval()
-        self.dense = dense if dense is not None else build_dense_clip(models, self.device)
+        self.dense = dense if dense is not None else build_dense_clip(models, self.device, self.settings.cache_root)
         self.max_image_pixels = max_image_pixels
         self.max_inference_pixels = max_inference_pixels
         self._references: dict[str, torch.Tensor] = {}
         self._retrieval_clip: Optional[tuple[nn.Module, Callable]] = None
+        # the retrieval queries of every name seen, kept across calls (and cached beside the references)
+        self._retrieval_text = retrieval_text_embeddings(self.settings, self.device, self._get_retrieval_clip)
         self._lock = threading.Lock()  # guards the memo, the text-embedding memo and the cache files
 
     @classmethod
@@ -103,7 +105,7 @@ class ReCo:
                 _report(progress, 0.0, f"retrieving and co-segmenting {len(missing)} new classes: {', '.join(missing)}")
                 computed = compute_references(
                     self.settings, missing, self.device, self.encoder, self.dense,
-                    retrieval_clip=self._get_retrieval_clip, progress=_cosegmentation_progress(progress),
+                    retrieval_text=self._retrieval_text, progress=_cosegmentation_progress(progress),
                 )
                 self._references.update({name: computed[name].detach().cpu() for name in missing})
             return stack_references(self._references, names).to(self.device)

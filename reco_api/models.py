@@ -3,6 +3,7 @@ tower (built on first use), the retrieval CLIP, and the bundle that inference ne
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -10,26 +11,31 @@ import torch.nn as nn
 
 import networks
 from networks.clip import DenseCLIP
-from networks.text_tower import encode_text_truncated
 from reco.inference import predict
-from reco.text import text_embeddings
-from reco_api.settings import ModelSettings
+from reco_api.settings import ModelSettings, ModelSpec
+from reco_api.text_cache import TextEmbeddings, embed_prompts  # noqa: F401  (embed_prompts re-exported)
 from utils import timing
 from utils.config import resolve_clip_precision
-from utils.progress import counting_bar
 
 
 class DenseClipModels:
-    """DenseCLIP (visual, dense) and the text embeddings of its CLIP's text tower (memoised per name).
+    """DenseCLIP (visual, dense) and the text embeddings of its CLIP's text tower (memoised per name, and
+    cached on disk when built with `text_tower` and `cache_root`).
 
-    The models are built by `load` on first use (`dense_clip` or `embed_text`), so a run whose references
-    come from the pickle and that does not use DenseCLIP at inference never loads them.
+    The models are built by `load` on first use (`dense_clip`, or `embed_text` of a name in no cache), so
+    a run whose references come from the pickle or the cache and that does not use DenseCLIP at inference
+    never loads them, and a run whose text embeddings are all cached embeds no text.
     """
 
-    def __init__(self, load: Callable[[], tuple[nn.Module, nn.Module, Callable]]) -> None:
+    def __init__(self, load: Callable[[], tuple[nn.Module, nn.Module, Callable]], device: torch.device,
+                 text_tower: Optional[ModelSpec] = None, precision: str = "fp32",
+                 cache_root: Optional[Path] = None) -> None:
+        """`text_tower` (DenseCLIP's arch and weights) and `precision` identify its text embeddings in the
+        cache under `cache_root`; without `text_tower` they are memoised only."""
         self._load = load
         self._models: Optional[tuple[nn.Module, nn.Module, Callable]] = None
-        self._embedded: dict[str, torch.Tensor] = {}
+        self.text = TextEmbeddings(text_tower or ModelSpec("unidentified"), precision, lambda: self._loaded()[1:],
+                                   "DenseCLIP", cache_root if text_tower is not None else None, device)
 
     def _loaded(self) -> tuple[nn.Module, nn.Module, Callable]:
         if self._models is None:
@@ -39,26 +45,16 @@ class DenseClipModels:
     @classmethod
     def of(cls, dense_clip: nn.Module, clip_model: nn.Module, tokenizer: Callable) -> "DenseClipModels":
         """Already-built models (e.g. passed to reco_api.ReCo)."""
-        return cls(lambda: (dense_clip, clip_model, tokenizer))
+        return cls(lambda: (dense_clip, clip_model, tokenizer), next(clip_model.parameters()).device)
 
     @property
     def dense_clip(self) -> nn.Module:
         return self._loaded()[0]
 
     def embed_text(self, names: Sequence[str]) -> torch.Tensor:
-        """names -> (N, D) float32 text embeddings (SPEC 3)."""
-        new = [n for n in dict.fromkeys(names) if n not in self._embedded]
-        if new:
-            _, clip_model, tokenizer = self._loaded()
-            self._embedded.update(zip(new, embed_prompts(clip_model, tokenizer, new, "DenseCLIP")))
-        return torch.stack([self._embedded[n] for n in names])
-
-
-def embed_prompts(clip_model: nn.Module, tokenizer: Callable, names: Sequence[str], tower: str) -> torch.Tensor:
-    """(N, D) text embeddings of N names (SPEC 3), a causal text tower run only as far as the prompts
-    are long, with a progress bar over the prompts."""
-    return text_embeddings(clip_model, tokenizer, names, encode=encode_text_truncated,
-                           progress=counting_bar(f"embedding {tower} prompts", "prompt"))
+        """names -> (N, D) float32 text embeddings (SPEC 3) on the models' device; only names in neither
+        the memo nor the cache are embedded."""
+        return self.text(names)
 
 
 @dataclass(frozen=True)
@@ -98,9 +94,11 @@ def build_encoder(models: ModelSettings, device: torch.device) -> nn.Module:
         return networks.build_encoder(models.encoder.arch, models.encoder.weights, key="weights.encoder").to(device)
 
 
-def build_dense_clip(models: ModelSettings, device: torch.device) -> Optional[DenseClipModels]:
+def build_dense_clip(models: ModelSettings, device: torch.device,
+                     text_cache_root: Optional[Path] = None) -> Optional[DenseClipModels]:
     """DenseCLIP and its text tower (built on first use), or None when neither text attention nor
-    DenseCLIP inference is on."""
+    DenseCLIP inference is on. Its text embeddings are cached under `text_cache_root` (the reference
+    cache's folder) when given."""
     if not (models.text_attention or models.dense_clip_inference):
         return None
 
@@ -112,7 +110,8 @@ def build_dense_clip(models: ModelSettings, device: torch.device) -> Optional[De
             )
             return DenseCLIP(clip_model).to(device).eval(), clip_model, tokenizer
 
-    return DenseClipModels(load)
+    return DenseClipModels(load, device, models.dense_clip, clip_precision(models.clip_precision, device),
+                           text_cache_root)
 
 
 def build_retrieval_clip(models: ModelSettings, device: torch.device) -> tuple[nn.Module, Callable]:

@@ -17,9 +17,10 @@ from datasets import imagenet
 from reco.references import compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
 from reco_api.collection import Collection, collection_of
-from reco_api.models import DenseClipModels, build_retrieval_clip, embed_prompts
+from reco_api.models import DenseClipModels, build_retrieval_clip, clip_precision
 from reco_api.reference_cache import FileReferenceCache, references_to_compute
 from reco_api.settings import ReferenceSettings
+from reco_api.text_cache import TextEmbeddings
 from utils import timing
 from utils.config import ConfigError
 from utils.device import cpu_has_fast_bf16
@@ -27,6 +28,7 @@ from utils.device import cpu_has_fast_bf16
 logger = logging.getLogger("reco")
 
 RetrievalClip = Callable[[], tuple[nn.Module, Callable]]
+QueryEmbeddings = Callable[[Sequence[str]], torch.Tensor]  # names -> (N, D) retrieval queries
 
 
 def compute_references(
@@ -36,15 +38,17 @@ def compute_references(
     encoder: nn.Module,
     dense: Optional[DenseClipModels],
     on_reference: Optional[Callable[[str, torch.Tensor, torch.Tensor], None]] = None,
-    retrieval_clip: Optional[RetrievalClip] = None,
+    retrieval_text: Optional[QueryEmbeddings] = None,
     progress: Optional[Callable[[Iterable, str], Iterable]] = None,
 ) -> dict[str, torch.Tensor]:
-    """Retrieve k images per category and co-segment them (SPEC 4, 7), with the file cache.
+    """Retrieve k images per category and co-segment them (SPEC 4, 7), with the file caches.
 
-    `retrieval_clip()` gives the retrieval CLIP and its tokenizer when one is kept loaded (the Python
-    API); by default it is built for the retrieval and dropped. `progress(items, desc)` wraps the
-    loops over categories (default: tqdm bars). IndexNotFoundError when a reference must be computed and
-    the collection has no index.
+    Only the names whose reference is in no cache are retrieved and co-segmented, and only their text is
+    embedded (the text embeddings are cached too). `retrieval_text(names)` gives the retrieval queries when
+    they are kept across calls (the Python API: `retrieval_text_embeddings`); by default the retrieval
+    CLIP is built for the names in no text cache and dropped. `progress(items, desc)` wraps the loops over
+    categories (default: tqdm bars). IndexNotFoundError when a reference must be computed and the
+    collection has no index.
     """
     contexts = settings.contexts
     text_attention = dense is not None and settings.models.text_attention
@@ -52,20 +56,19 @@ def compute_references(
     names = list(dict.fromkeys(contexts + list(categories)))
     missing = references_to_compute(settings, names, cache)
     paths: dict[str, list[Path]] = {}
+    queries = retrieval_text or retrieval_text_embeddings(settings, device)
     if missing:
         with timing.stage("retrieval", log=True):
-            paths = retrieve(settings, missing, device, retrieval_clip)
+            paths = retrieve(settings, missing, device, queries)
 
     def retrieve_images(name: str) -> torch.Tensor:
         if name not in paths:  # cached when checked, but the entry became unreadable since
-            paths.update(retrieve(settings, [name], device, retrieval_clip))
+            paths.update(retrieve(settings, [name], device, queries))
         return load_images(paths[name]).to(device)
 
-    text = None
-    if text_attention:
+    if text_attention and missing:  # in one pass; a name found unreadable later is embedded then
         with timing.stage("text", log=True):
-            embedded = dense.embed_text(names)
-        text = {n: embedded[i] for i, n in enumerate(names)}
+            dense.embed_text(missing)
     bars = progress or (lambda items, desc: tqdm(items, desc=f"co-segmenting {desc}", unit="category"))
     with timing.stage("co-segmentation", log=True):
         return compute_reference_embeddings(
@@ -73,7 +76,7 @@ def compute_references(
             retrieve_images,
             encoder,
             dense_clip=dense.dense_clip if text_attention else None,
-            text_embedding=(lambda n: text[n]) if text is not None else None,
+            text_embedding=(lambda n: dense.embed_text([n])[0]) if text_attention else None,
             context_categories=contexts,
             aliases=settings.aliases,
             reproduce_slice_bug=settings.reproduce_seed_slice_bug,
@@ -107,18 +110,31 @@ def retrieval_collection(settings: ReferenceSettings) -> Collection:
     return collection_of(settings.collection, settings.models.clip.arch)
 
 
+def retrieval_text_embeddings(settings: ReferenceSettings, device: torch.device,
+                              retrieval_clip: Optional[RetrievalClip] = None) -> TextEmbeddings:
+    """The retrieval queries of names: the retrieval CLIP's text embeddings, cached beside the references.
+
+    `retrieval_clip()` gives the CLIP and its tokenizer when one is kept loaded (the Python API); by
+    default it is built for the names in no cache and dropped once they are embedded.
+    """
+    def load() -> tuple[nn.Module, Callable]:
+        with timing.stage("models"):
+            return (retrieval_clip or (lambda: build_retrieval_clip(settings.models, device)))()
+
+    models = settings.models
+    return TextEmbeddings(models.clip, clip_precision(models.clip_precision, device), load, "retrieval",
+                          settings.cache_root, device)
+
+
 def retrieve(settings: ReferenceSettings, names: Sequence[str], device: torch.device,
-             retrieval_clip: Optional[RetrievalClip] = None) -> dict[str, list[Path]]:
+             retrieval_text: Optional[QueryEmbeddings] = None) -> dict[str, list[Path]]:
     """Top-k image paths of the retrieval collection (ImageNet or collection_dir) for each name, by CLIP
     text-to-image similarity on its index (IndexNotFoundError when there is none)."""
     collection = retrieval_collection(settings)
     collection.require_index()
     check_index_size(settings)
-    with timing.stage("models"):
-        clip_model, tokenizer = (retrieval_clip or (lambda: build_retrieval_clip(settings.models, device)))()
     with timing.stage("text", log=True):
-        queries = embed_prompts(clip_model, tokenizer, list(names), "retrieval")
-    del clip_model  # when built here: freed before the index is read
+        queries = (retrieval_text or retrieval_text_embeddings(settings, device))(list(names))
     index = collection.load_index(expected_dim=queries.shape[1])
     if len(index.filenames) < settings.n_imgs:
         raise ConfigError(f"n_imgs: {settings.n_imgs} images asked for but the index at {index.directory} holds "

@@ -92,7 +92,10 @@ def test_index_workers(monkeypatch):
     from utils.config import RecoConfig
 
     config = RecoConfig(dir_ckpt="/tmp/x", n_workers=3)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
     assert index_workers(config, torch.device("cpu")) == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert index_workers(config, torch.device("cpu")) == 1  # on a CPU: the cores less one at most
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert index_workers(config, torch.device("cuda")) == 3

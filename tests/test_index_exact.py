@@ -100,11 +100,10 @@ def test_the_retrieval_stage_uses_the_float32_rows(tmp_path, monkeypatch):
 
     query, rows = _near_ties()
     names = _write_pickle(tmp_path, rows)
-    monkeypatch.setattr(common, "embed_prompts", lambda model, tokenizer, words, tower: torch.from_numpy(query)[None])
     config = RecoConfig(dir_ckpt=str(tmp_path / "ckpt"), dir_imagenet=str(tmp_path), clip_arch=ARCH, n_imgs=50)
     from reco_api.settings import reference_settings
 
     paths = common.retrieve(reference_settings(config), ["thing"], torch.device("cpu"),
-                            retrieval_clip=lambda: (None, None))["thing"]
+                            retrieval_text=lambda words: torch.from_numpy(query)[None])["thing"]
     scores = rows.astype(np.float64) @ query.astype(np.float64)
     assert [p.name for p in paths] == [names[i] for i in np.argsort(-scores, kind="stable")[:50]]

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
 from utils.config_schema import (ConfigError, build_dataclass, check_declared, effective,  # noqa: F401
@@ -153,7 +153,8 @@ class RecoConfig:
                                         doc="context elimination categories, in order")
     context_elimination: bool = key(True, doc="adds `_ce` to the experiment name")
     n_imgs: int = key(50, range=">= 1", doc="k, the number of retrieved images per category")
-    n_workers: int = key(4, range=">= 0", doc="DataLoader workers")
+    n_workers: int = key(4, range=">= 0", doc="DataLoader workers (on a CPU at most the cores less one: more "
+                         "would compete with the model, and torch warns)")
     text_attention: bool = key(True, doc="weight co-segmentation by DenseCLIP text attention; adds `_ta`")
     # --- added keys
     weights: RecoWeights = key(default_factory=RecoWeights, doc="where each model's weights come from")
@@ -176,13 +177,17 @@ class RecoConfig:
     clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = key(
         "auto", doc="`auto`: CLIP towers in `fp16` on CUDA (as the original), `fp32` on CPU; `bf16` has fp16's "
         "speed on recent GPUs, further from the original's embeddings")
-    index_batch_size: int = key(256, range=">= 1", doc="ImageNet index build: images per batch")
+    index_batch_size: Union[Literal["auto"], int] = key(
+        "auto", range=">= 1", allowed="`auto` or >= 1",
+        doc="images per forward pass of the index build; `auto`: 256 on CUDA, 32 on a CPU (on a CPU a larger "
+        "batch is no faster per image and takes far more memory: ViT-L/14@336px 11.8 GB at 256, 3.8 GB at 32)")
     index_shard_size: int = key(8192, range=">= 1", doc="ImageNet index build: images per resumable shard")
     index_workers: Optional[int] = key(None, range=">= 0", doc="DataLoader workers of the index build; `null`: "
-                                       "on a GPU all cores but one (per process), on a CPU `n_workers`")
+                                       "on a GPU all cores but one (per process), on a CPU `n_workers` up to the cores less one")
     categories: Optional[list[str]] = key(None, doc="own images: class names (or `--categories`)")
     reference_cache_dir: Optional[str] = key(None, shown_default="`{dir_ckpt}/references`",
-                                             doc="per-category reference-embedding cache")
+                                             doc="per-category reference-embedding cache, and the text-embedding "
+                                             "cache in its `text/` folder")
     image_short_side: Optional[int] = key(320, range=">= 1", doc="own images: shorter side used for inference "
                                           "(`null`: full size)")
     # --- open-vocabulary benchmarks (voc21 ... ade20k150); the original three keep their own geometry

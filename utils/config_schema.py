@@ -80,8 +80,9 @@ def _parse_range(rule: str) -> tuple[str, float, float]:
 
 
 def check_range(rule: str, value: Any, key_name: str) -> None:
-    """ConfigError "'key' must be >= 1, got 0" (or "... must be in [0, 1], got 2") if `value` is outside."""
-    if value is None:
+    """ConfigError "'key' must be >= 1, got 0" (or "... must be in [0, 1], got 2") if `value` is outside.
+    None and words (a key's `auto`) are not numbers: they are left to the key's type."""
+    if value is None or isinstance(value, str):
         return
     operator, low, high = _parse_range(rule)
     if operator == "..":
@@ -204,7 +205,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        for candidate in inner[:-1]:  # e.g. Union[Literal["auto"], int]: the first type the value fits
+            try:
+                return _coerce(candidate, value, key)
+            except ConfigError:
+                pass
+        return _coerce(inner[-1], value, key)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"'{key}' must be one of {list(args)}, got {value!r}")
