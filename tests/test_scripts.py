@@ -25,8 +25,9 @@ def test_wrapper_runs_the_entry_script(tmp_path, script, cwd):
     path = "scripts/" + script if cwd == "root" else script
     result = subprocess.run(["bash", path], cwd=directory, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
-    if script.startswith("reco_plus"):  # the backbone weights are checked first
-        assert "c.yaml: weights.backbone: not set" in result.stderr  # the message names the config file
+    if script.startswith("reco_plus"):  # every missing input, the backbone weights among them
+        assert "c.yaml: 3 inputs of this run are missing" in result.stderr  # the message names the config file
+        assert "weights.backbone: not set" in result.stderr  # and every missing input at once
     else:
         assert "dir_dataset" in result.stderr and "no_dataset_here" in result.stderr
 
