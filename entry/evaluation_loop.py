@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from datasets.benchmarks import collate, size_grouped_batches
-from utils import timing
+from utils import distributed, timing
 from utils.device import effective_workers
 from utils.io import atomic_write, save_json
+from utils.metrics import RunningScore
 from utils.progress import FirstFewWarnings
 
 logger = logging.getLogger("reco")
@@ -47,19 +48,22 @@ def collate_readable(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def readable_batches(dataset: Dataset, *, batch_size: int, n_workers: int, device: torch.device, desc: str,
-                     skipped: list[str], fatal: tuple[type[Exception], ...] = ()) -> Iterator[tuple[int, dict]]:
+                     skipped: list[str], fatal: tuple[type[Exception], ...] = (),
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[int, dict]]:
     """(batch number, batch) of every batch with a readable image, images of one size per batch.
 
     Unreadable images are logged and appended to `skipped`; the batch number counts every batch, so it
     does not depend on which images could be read. Waiting for a batch is the 'data loading' stage.
+    `shard` (rank, world_size): only this rank's contiguous block of the batches (distributed.shard_range),
+    numbered as in one process; each image is in the same batch as in one process, so its prediction is too.
     """
-    loader = DataLoader(SkipUnreadable(dataset, fatal), num_workers=effective_workers(n_workers, device),
-                        pin_memory=device.type == "cuda",
-                        collate_fn=collate_readable,
-                        batch_sampler=size_grouped_batches(dataset.image_sizes(unreadable=(0, 0)), batch_size))
-    iterator = iter(tqdm(loader, desc=desc, unit="batch"))
+    batches = size_grouped_batches(dataset.image_sizes(unreadable=(0, 0)), batch_size)
+    block = distributed.shard_range(len(batches), *shard)
+    loader = DataLoader(SkipUnreadable(dataset, fatal), num_workers=effective_workers(n_workers, device), pin_memory=device.type == "cuda",
+                        collate_fn=collate_readable, batch_sampler=batches[block.start:block.stop])
+    iterator = iter(tqdm(loader, desc=desc, unit="batch", disable=shard[0] != 0))
     skip_warnings = FirstFewWarnings(logger, listed_in="skipped_images.txt")
-    i = 0
+    i = block.start
     while True:
         with timing.stage("data loading"):
             batch = next(iterator, None)
@@ -71,6 +75,14 @@ def readable_batches(dataset: Dataset, *, batch_size: int, n_workers: int, devic
         if batch["image"] is not None:
             yield i, batch
         i += 1
+
+
+def combine_ranks(scores: Sequence[RunningScore], skipped: list[str]) -> list[str]:
+    """Under torchrun: every rank's confusion matrices summed into `scores` (in place) and the skipped
+    images of all ranks in one process's order (the ranks hold consecutive blocks of batches)."""
+    for score in scores:
+        distributed.all_reduce_sum_(score.confusion)
+    return distributed.gather_lists(skipped)
 
 
 def write_scores(run_dir: Path, results: dict[str, Any], results_crf: dict[str, Any], skipped: list[str]) -> None:

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from datasets import metadata
 from datasets.benchmarks import build_benchmark
 from datasets.registry import benchmark_names, get_benchmark
-from entry.evaluation_loop import readable_batches, write_scores
-from entry.reco_index import building_missing_index
+from entry.evaluation_loop import combine_ranks, readable_batches, write_scores
+from entry.reco_index import references_on_rank0
 from entry.reco_ovss import run_ovss_benchmark
 from entry.run_dirs import cosegmentation_visualiser, reference_pickle_path, run_dir_of
 from reco.references import stack_references
@@ -27,7 +27,7 @@ from reco_api.reference_setting import (is_paper_setting, read_sidecar, referenc
 from reco_api.references import check_index_size, compute_references
 from reco_api.settings import (InferenceSettings, ReferenceSettings, crf_settings, inference_settings,
                                reference_settings)
-from utils import timing
+from utils import distributed, timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
@@ -39,6 +39,16 @@ logger = logging.getLogger("reco")
 
 
 def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool = False) -> dict[str, Any]:
+    """Evaluate (val) or write the pseudo-masks (train). Under torchrun the processes share the images:
+    rank 0 computes missing references and writes the shared files, each rank writes its images' masks."""
+    distributed.init_distributed()
+    try:
+        return _run_benchmark(config, split, references_only)
+    finally:
+        distributed.cleanup()
+
+
+def _run_benchmark(config: RecoConfig, split: str, references_only: bool) -> dict[str, Any]:
     if config.dataset_name is None:
         raise ConfigError(f"dataset_name: not set (known: {', '.join(benchmark_names())})")
     if get_benchmark(config.dataset_name).protocol == "ovss":
@@ -55,14 +65,21 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     check_run_inputs(settings, stage="benchmark", dir_dataset=config.dir_dataset, categories=categories,
                      reference_pickle=pickle_path if reusable else None)
     run_dir = run_dir_of(config, split)
-    setup_logging(run_dir / "reco.log")
-    timing.set_output_dir(run_dir)
+    main = distributed.is_main()
+    if main:
+        setup_logging(run_dir / "reco.log")
+        timing.set_output_dir(run_dir)
+    else:  # rank 0 tells the story; the others speak up only for warnings
+        setup_logging(level=logging.WARNING)
     logger.info("ReCo on %s %s -> %s (device %s)", config.dataset_name, split, run_dir, device)
     if stale:
         logger.info("recomputing %s: it was made with another setting (%s)", pickle_path.name, "; ".join(stale))
     setting = run_setting(settings)
     resume = split == "train" and _may_resume(run_dir, setting)
-    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting}, sort_keys=True)
+    distributed.barrier()  # every rank has read the earlier run's config.json before rank 0 replaces it
+    if main:
+        save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting},
+                  sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
     if not reusable:
         check_index_size(settings)  # n_imgs against the index, before minutes of model loading
@@ -73,7 +90,7 @@ def run_benchmark(config: RecoConfig, split: str = "val", references_only: bool 
     if reusable:
         references = read_references(pickle_path, categories, encoder.embed_dim)
     else:
-        references = building_missing_index(config, lambda: write_references(
+        references = references_on_rank0(config, lambda: write_references(
             settings, pickle_path, categories, device, encoder, dense, run_dir))
     if references_only:
         return {}
@@ -182,8 +199,10 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
     save_masks = split == "train"
     skipped: list[str] = []
     resumed = 0
+    shard = (distributed.get_rank(), distributed.get_world_size())  # (0, 1) but under torchrun
     for i, batch in readable_batches(dataset, batch_size=inference.batch_size, n_workers=inference.n_workers,
-                                     device=device, desc=f"ReCo {dataset_name} {split}", skipped=skipped):
+                                     device=device, desc=f"ReCo {dataset_name} {split}", skipped=skipped,
+                                     shard=shard):
         labels = batch["label"]
         saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks and resume else None
         if saved is not None:  # written by an earlier, interrupted run: score them, skip the models
@@ -203,10 +222,13 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
                 save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette,
                             metadata.eval_categories(dataset_name))
 
+    skipped = combine_ranks([scores, scores_crf], skipped)
+    resumed = sum(distributed.gather_lists([resumed]))
     class_names = metadata.eval_categories(dataset_name)
     results = named_scores(scores.scores(), class_names)
     results_crf = named_scores(scores_crf.scores(), class_names)
-    write_scores(run_dir, results, results_crf, skipped)
+    if distributed.is_main():
+        write_scores(run_dir, results, results_crf, skipped)
     if resumed:
         logger.info("%d pseudo-masks were already written by an earlier run and were reused", resumed)
     logger.info("mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", results["Mean IoU"],

@@ -42,6 +42,7 @@ def run_index_stage(config: RecoConfig) -> Path:
         logger.info("index already built: %s", out_dir)
         return out_dir
     published = collection.published_pickle
+    joined_here = not distributed.is_initialized()  # the benchmark stage may have joined already
     rank, world_size, _ = distributed.init_distributed()
     try:
         if published is not None and published.is_file():  # convert the authors' pickle once (rank 0)
@@ -86,7 +87,8 @@ def run_index_stage(config: RecoConfig) -> Path:
                     names=collection.index_names(paths),
                 )
     finally:
-        distributed.cleanup()
+        if joined_here:
+            distributed.cleanup()
     return out_dir
 
 
@@ -115,3 +117,21 @@ def building_missing_index(config: RecoConfig, compute: Callable[[], T]) -> T:
         logger.info("no index of %s yet: building it (every image is embedded once)", collection.root)
         run_index_stage(config)
         return compute()
+
+
+def references_on_rank0(config: RecoConfig,
+                        compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """building_missing_index(config, compute) in one process. Under torchrun every rank first takes part
+    in building a missing index, then rank 0 alone computes (and writes) the references and the others
+    receive them: the same values, on the device they were on."""
+    if not distributed.is_distributed():
+        return building_missing_index(config, compute)
+    if not (retrieval_collection(reference_settings(config)).index_dir / "meta.json").is_file():
+        run_index_stage(config)
+    references = building_missing_index(config, compute) if distributed.is_main() else None
+    shared = distributed.broadcast_object(None if references is None else {
+        name: (value.detach().cpu(), value.device.type != "cpu") for name, value in references.items()})
+    if references is not None:
+        return references
+    device = resolve_device(config.device)
+    return {name: value.to(device) if on_device else value for name, (value, on_device) in shared.items()}

@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark
-from entry.evaluation_loop import readable_batches, write_scores
-from entry.reco_index import building_missing_index
+from entry.evaluation_loop import combine_ranks, readable_batches, write_scores
+from entry.reco_index import references_on_rank0
 from entry.run_dirs import cosegmentation_visualiser, run_dir_of
 from reco.ovss import (ProbabilityBackground, benchmark_queries, ovss_class_scores, ovss_labels, query_list,
                        upsampled_argmax)
@@ -38,7 +38,7 @@ from reco_api.preflight import check_run_inputs
 from reco_api.reference_setting import run_setting
 from reco_api.references import compute_references
 from reco_api.settings import crf_settings, inference_settings, reference_settings
-from utils import timing
+from utils import distributed, timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
@@ -132,17 +132,20 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     device = resolve_device(config.device)
     settings = reference_settings(config)
     run_dir = ovss_run_dir(config, split)
-    setup_logging(run_dir / "reco.log")
-    timing.set_output_dir(run_dir)
+    if distributed.is_main():  # under torchrun rank 0 writes the shared files and the log
+        setup_logging(run_dir / "reco.log")
+        timing.set_output_dir(run_dir)
+        save_json(run_dir / "config.json", {**config_to_dict(config), "split": split,
+                                            "setting": run_setting(settings)}, sort_keys=True)
+    else:
+        setup_logging(level=logging.WARNING)
     logger.info("ReCo on %s %s (%d classes, %d query names) -> %s (device %s)", config.dataset_name, split,
                 len(protocol.class_names), len(protocol.queries), run_dir, device)
-    save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": run_setting(settings)},
-              sort_keys=True)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
 
     encoder = build_encoder(settings.models, device)
     dense = build_dense_clip(settings.models, device, settings.cache_root)
-    references = building_missing_index(config, lambda: compute_references(
+    references = references_on_rank0(config, lambda: compute_references(
         settings, protocol.queries, device, encoder, dense, on_reference=cosegmentation_visualiser(run_dir)))
     if references_only:
         return {}
@@ -176,7 +179,8 @@ def evaluate_ovss(dataset_name: str, *, dataset: Dataset, protocol: OvssProtocol
                                  protocol.probability)
 
     for i, batch in readable_batches(dataset, batch_size=batch_size, n_workers=n_workers, device=device,
-                                     desc=f"ReCo {dataset_name}", skipped=skipped, fatal=(AnnotationMismatchError,)):
+                                     desc=f"ReCo {dataset_name}", skipped=skipped, fatal=(AnnotationMismatchError,),
+                                     shard=(distributed.get_rank(), distributed.get_world_size())):
         full_size = tuple(batch["image"].shape[-2:])
         with timing.stage("inference"):
             images = batch["image"].to(device, non_blocking=True)  # (B, 3, H, W) full resolution
@@ -197,9 +201,11 @@ def evaluate_ovss(dataset_name: str, *, dataset: Dataset, protocol: OvssProtocol
                     save_panels(run_dir / f"{i:04d}.png", rgb, label.numpy(), pred, pred_crf, palette,
                                 protocol.class_names)
 
+    skipped = combine_ranks([scores, scores_crf], skipped)
     results = named_scores(scores.scores(), protocol.class_names)
     results_crf = named_scores(scores_crf.scores(), protocol.class_names)
-    write_scores(run_dir, results, results_crf, skipped)
+    if distributed.is_main():
+        write_scores(run_dir, results, results_crf, skipped)
     logger.info("%s: mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", dataset_name,
                 results["Mean IoU"], results_crf["Mean IoU"], results["Pixel Acc"], results_crf["Pixel Acc"])
     return {"results": results, "results_crf": results_crf, "run_dir": run_dir, "skipped": skipped}

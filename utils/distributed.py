@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -95,3 +97,49 @@ def cleanup() -> None:
     """Leave the process group (safe to call when none was initialised)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    """True once this process has joined a process group (of any size)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def shard_range(n_items: int, rank: int, world_size: int) -> range:
+    """The contiguous block of range(n_items) that `rank` of `world_size` takes: blocks in rank order,
+    sizes differing by at most one, so concatenating the ranks' results in rank order gives one
+    process's order."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} of world size {world_size}")
+    return range(rank * n_items // world_size, (rank + 1) * n_items // world_size)
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum_(array: np.ndarray) -> np.ndarray:
+    """Sum `array` over the ranks, in place (float64 sums of counts are exact); a no-op in one process."""
+    if not is_distributed():
+        return array
+    summed = torch.from_numpy(np.ascontiguousarray(array)).to(_collective_device())
+    dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+    array[...] = summed.cpu().numpy()
+    return array
+
+
+def gather_lists(items: list) -> list:
+    """Every rank's `items` concatenated in rank order, on every rank; `items` itself in one process."""
+    if not is_distributed():
+        return items
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s picklable `obj` on every rank (the others wait for it); `obj` itself in one process."""
+    if not is_distributed():
+        return obj
+    holder = [obj if get_rank() == src else None]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
