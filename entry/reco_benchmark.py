@@ -22,8 +22,8 @@ from reco.references import stack_references
 from reco_api.models import DenseClipModels, build_dense_clip, build_encoder, inference_models
 from reco_api.predictor import Predictor
 from reco_api.preflight import check_run_inputs
-from reco_api.reference_setting import (is_paper_setting, read_sidecar, reference_setting, run_setting,
-                                        setting_differences, sidecar_path)
+from reco_api.reference_setting import (is_paper_setting, reference_setting, run_setting, setting_differences,
+                                        sidecar_differences, sidecar_path, write_with_sidecar)
 from reco_api.references import check_index_size, compute_references
 from reco_api.settings import (InferenceSettings, ReferenceSettings, crf_settings, inference_settings,
                                reference_settings)
@@ -31,7 +31,7 @@ from utils import timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
-from utils.io import safe_load_pickle, save_json, save_pickle, save_png
+from utils.io import safe_load_pickle, save_json, save_png
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_panels
 
@@ -99,11 +99,9 @@ def write_references(settings: ReferenceSettings, path: Path, categories: Sequen
     """Compute the references and write the pickle with its settings record."""
     references = compute_references(settings, categories, device, encoder, dense,
                                     on_reference=cosegmentation_visualiser(run_dir))
-    # The pickle first, then its record: an interruption in between leaves a stale or missing record,
-    # which the next run treats as "recompute" or "not ours", never as a match.
     with timing.stage("writing"):
-        save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
-        save_json(sidecar_path(path), {"setting": reference_setting(settings)}, sort_keys=True)
+        write_with_sidecar({name: references[name].detach().cpu().float() for name in categories}, path,
+                           reference_setting(settings))
     logger.info("wrote reference embeddings to %s (setting in %s)", path, sidecar_path(path).name)
     return references
 
@@ -112,14 +110,14 @@ def reference_pickle_differences(settings: ReferenceSettings, path: Optional[Pat
     """Whether the reference pickle holds this config's setting: None when there is no pickle, [] when it
     does, else how its recorded setting differs (it is then recomputed and overwritten).
 
-    Ours carries its setting in the sidecar {pickle}.meta.json. A pickle without one can only be the
+    Ours carries its setting in the sidecar {pickle}.meta.json, with the pickle's content hash. A pickle without one can only be the
     authors' published file: [] for the paper's setting, an error naming the file for any other.
     """
     if path is None or not path.is_file():  # no dir_dataset: reported by the preflight check
         return None
-    recorded = read_sidecar(path)
-    if recorded is not None:
-        return setting_differences(recorded, reference_setting(settings))
+    differences = sidecar_differences(path, reference_setting(settings))
+    if differences is not None:
+        return differences
     if is_paper_setting(settings, strict=True):
         return []
     raise ValueError(
@@ -201,7 +199,7 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
             if i < n_visualisations:
                 rgb = denormalise_image(batch["image"][:1])[0]
                 save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette,
-                            metadata.eval_categories(name))
+                            metadata.eval_categories(dataset_name))
 
     class_names = metadata.eval_categories(dataset_name)
     results = named_scores(scores.scores(), class_names)

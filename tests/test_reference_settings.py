@@ -6,6 +6,7 @@ stand in for every network, so any architecture name builds in no time, and retr
 co-segmentation is replaced by a counting stub (the end-to-end tests run the real thing).
 """
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -197,7 +198,8 @@ def test_category_cache_entry_of_another_setting_is_recomputed(tmp_path):
     assert again.directory == cache.directory
     assert again.get("car", ("tree",)) is None
     entry = torch.load(next(cache.directory.iterdir()), weights_only=True)
-    assert entry["setting"]["encoder"]["weights"] == {"kind": "file", "name": "encoder.pth", "bytes": len(b"first")}
+    assert entry["setting"]["encoder"]["weights"] == {"kind": "file", "name": "encoder.pth", "bytes": len(b"first"),
+                                                      "sha256": "sha256:" + hashlib.sha256(b"first").hexdigest()}
 
 
 def test_pseudo_masks_of_another_setting_are_not_reused(tmp_path, monkeypatch):
@@ -238,7 +240,8 @@ def test_weights_source_tells_files_from_tags(tmp_path):
     assert weights_source("RN50x16.pt")[0] == "missing_file"
     assert weights_source("openai") == ("tag", "openai")
     assert weights_source("IMAGENET1K_V1") == ("tag", "IMAGENET1K_V1")
-    assert reference_setting.weights_identity(str(tmp_path / "w.pt")) == {"kind": "file", "name": "w.pt", "bytes": 1}
+    assert reference_setting.weights_identity(str(tmp_path / "w.pt")) == {
+        "kind": "file", "name": "w.pt", "bytes": 1, "sha256": "sha256:" + hashlib.sha256(b"x").hexdigest()}
 
 
 def test_tiny_reco_plus_config_reads_the_pseudo_masks_the_demo_writes():
