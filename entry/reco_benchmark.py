@@ -17,7 +17,7 @@ from entry.pseudo_masks import PseudoMaskStore
 from entry.reco_index import building_missing_index
 from entry.reco_ovss import run_ovss_benchmark
 from entry.run_dirs import cosegmentation_visualiser, reference_pickle_path, run_dir_of
-from reco.references import stack_references
+from reco.references import reference_problem, stack_references
 from reco_api.models import DenseClipModels, build_dense_clip, build_encoder, inference_models
 from reco_api.predictor import Predictor
 from reco_api.preflight import check_run_inputs
@@ -147,6 +147,9 @@ def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Pat
         if value.numel() != dim:
             raise ValueError(f"{path}: embedding of '{name}' has {value.numel()} values but the encoder "
                              f"gives {dim}: the file was computed with another encoder")
+        problem = reference_problem(value)
+        if problem:
+            raise ValueError(f"{path}: the reference embedding of '{name}' {problem}; delete the file to recompute it")
         references[name] = value
     return references
 

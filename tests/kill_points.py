@@ -10,8 +10,10 @@ torch operation, so the children's thread pools start fresh.
 
 Spec (JSON): {"module": "main_reco", "argv": [...], "reset": [[src, dst], ...] (dst replaced by a copy of
 src, or removed when src is null), "snapshot": [folder, ...], "ignore": [file name, ...], "preload":
-[module, ...], "warm_up": bool}. Result: the
-count, and per N the snapshots {relative path: sha256} after the kill and after the re-run.
+[module, ...], "warm_up": bool, "points": [N, ...] (default every N; a negative N counts from the last
+rename), "then": [argv, ...] (the runs after the kill, in order; default the same argv once)}. Result:
+the count, and per N the snapshots {relative path: sha256} after the kill and after each later run
+("after"; "after_rerun" is the last one's).
 
 A new writer gets the same test by adding its command to a test's list (tests/test_kill_points.py).
 """
@@ -99,13 +101,16 @@ def main(spec_path: str) -> None:
     total = int(count_file.read_text())
     results = {"count": total, "uninterrupted_rc": code,
                "uninterrupted": [snapshot(f, ignore) for f in folders], "points": {}}
-    for n in spec.get("points") or range(1, total + 1):
+    points = spec.get("points") or range(1, total + 1)
+    for n in sorted({p if p > 0 else total + 1 + p for p in points if 0 < (p if p > 0 else total + 1 + p) <= total}):
         _reset(spec.get("reset", []))
         killed = _run(module, spec["argv"], n, count_file)
-        after_kill = [snapshot(f, ignore) for f in folders]
-        rerun = _run(module, spec["argv"], -1, count_file)
-        results["points"][str(n)] = {"killed_rc": killed, "after_kill": after_kill, "rerun_rc": rerun,
-                                     "after_rerun": [snapshot(f, ignore) for f in folders]}
+        point = {"killed_rc": killed, "after_kill": [snapshot(f, ignore) for f in folders], "after": []}
+        for argv in spec.get("then") or [spec["argv"]]:
+            rc = _run(module, argv, -1, count_file)
+            point["after"].append({"rc": rc, "files": [snapshot(f, ignore) for f in folders]})
+        point.update(rerun_rc=point["after"][-1]["rc"], after_rerun=point["after"][-1]["files"])
+        results["points"][str(n)] = point
     Path(spec_path).with_suffix(".result.json").write_text(json.dumps(results))
 
 
