@@ -1,29 +1,28 @@
 """Benchmark stage of main_reco.py: reference embeddings, inference, CRF, metrics, pseudo-masks."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from datasets import metadata
 from datasets.benchmarks import build_benchmark
 from datasets.registry import benchmark_names, get_benchmark
 from entry.evaluation_loop import combine_ranks, readable_batches, write_scores
+from entry.pseudo_masks import PseudoMaskStore
 from entry.reco_index import references_on_rank0
 from entry.reco_ovss import run_ovss_benchmark
 from entry.run_dirs import cosegmentation_visualiser, reference_pickle_path, run_dir_of
-from reco.references import stack_references
+from reco.references import reference_problem, stack_references
 from reco_api.models import DenseClipModels, build_dense_clip, build_encoder, inference_models
 from reco_api.predictor import Predictor
 from reco_api.preflight import check_run_inputs
-from reco_api.reference_setting import (is_paper_setting, read_sidecar, reference_setting, run_setting,
-                                        setting_differences, sidecar_path)
+from reco_api.reference_setting import (is_paper_setting, reference_setting, run_setting, sidecar_differences,
+                                        sidecar_path, write_with_sidecar)
 from reco_api.references import check_index_size, compute_references
 from reco_api.settings import (InferenceSettings, ReferenceSettings, crf_settings, inference_settings,
                                reference_settings)
@@ -31,7 +30,7 @@ from utils import distributed, timing
 from utils.config import ConfigError, RecoConfig, config_to_dict
 from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
-from utils.io import safe_load_pickle, save_json, save_pickle, save_png
+from utils.io import safe_load_pickle, save_json
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_panels
 
@@ -75,8 +74,10 @@ def _run_benchmark(config: RecoConfig, split: str, references_only: bool) -> dic
     if stale:
         logger.info("recomputing %s: it was made with another setting (%s)", pickle_path.name, "; ".join(stale))
     setting = run_setting(settings)
-    resume = split == "train" and _may_resume(run_dir, setting)
-    distributed.barrier()  # every rank has read the earlier run's config.json before rank 0 replaces it
+    masks = PseudoMaskStore(run_dir, setting) if split == "train" else None
+    if masks is not None and main:
+        masks.record_setting()  # before any mask of this setting
+    distributed.barrier()  # the setting is recorded before any rank writes or reads a mask of it
     if main:
         save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting},
                   sort_keys=True)
@@ -100,7 +101,7 @@ def _run_benchmark(config: RecoConfig, split: str, references_only: bool) -> dic
     inference = inference_settings(config)
     predictor = Predictor(models, inference, crf_settings(config, device))
     return evaluate(config.dataset_name, dataset=dataset, split=split, run_dir=run_dir, predictor=predictor,
-                    inference=inference, n_visualisations=config.n_visualisations, device=device, resume=resume)
+                    inference=inference, n_visualisations=config.n_visualisations, device=device, masks=masks)
 
 
 def read_references(path: Path, categories: Sequence[str], dim: int) -> dict[str, torch.Tensor]:
@@ -116,11 +117,9 @@ def write_references(settings: ReferenceSettings, path: Path, categories: Sequen
     """Compute the references and write the pickle with its settings record."""
     references = compute_references(settings, categories, device, encoder, dense,
                                     on_reference=cosegmentation_visualiser(run_dir))
-    # The pickle first, then its record: an interruption in between leaves a stale or missing record,
-    # which the next run treats as "recompute" or "not ours", never as a match.
     with timing.stage("writing"):
-        save_pickle({name: references[name].detach().cpu().float() for name in categories}, path)
-        save_json(sidecar_path(path), {"setting": reference_setting(settings)}, sort_keys=True)
+        write_with_sidecar({name: references[name].detach().cpu().float() for name in categories}, path,
+                           reference_setting(settings))
     logger.info("wrote reference embeddings to %s (setting in %s)", path, sidecar_path(path).name)
     return references
 
@@ -129,14 +128,14 @@ def reference_pickle_differences(settings: ReferenceSettings, path: Optional[Pat
     """Whether the reference pickle holds this config's setting: None when there is no pickle, [] when it
     does, else how its recorded setting differs (it is then recomputed and overwritten).
 
-    Ours carries its setting in the sidecar {pickle}.meta.json. A pickle without one can only be the
+    Ours carries its setting in the sidecar {pickle}.meta.json, with the pickle's content hash. A pickle without one can only be the
     authors' published file: [] for the paper's setting, an error naming the file for any other.
     """
     if path is None or not path.is_file():  # no dir_dataset: reported by the preflight check
         return None
-    recorded = read_sidecar(path)
-    if recorded is not None:
-        return setting_differences(recorded, reference_setting(settings))
+    differences = sidecar_differences(path, reference_setting(settings))
+    if differences is not None:
+        return differences
     if is_paper_setting(settings, strict=True):
         return []
     raise ValueError(
@@ -144,21 +143,6 @@ def reference_pickle_differences(settings: ReferenceSettings, path: Optional[Pat
         "file, which holds the paper's setting (DeiT-S/16-SIN, ViT-L/14@336px, RN50x16, k=50, ImageNet train, "
         "context elimination and text attention with the default contexts and aliases); this config asks for "
         "another setting. Delete or move the file to recompute it")
-
-
-def _may_resume(run_dir: Path, setting: dict[str, Any]) -> bool:
-    """Pseudo-masks of an earlier run are reused only if that run recorded the same setting."""
-    if not (run_dir / "dt").is_dir():
-        return True
-    try:
-        recorded = json.loads((run_dir / "config.json").read_text()).get("setting")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    differences = ["no settings record"] if recorded is None else setting_differences(recorded, setting)
-    if differences:
-        logger.warning("not reusing the pseudo-masks in %s: they were made with another setting (%s); they are "
-                       "recomputed", run_dir, "; ".join(differences))
-    return not differences
 
 
 def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Path) -> dict[str, torch.Tensor]:
@@ -180,6 +164,9 @@ def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Pat
         if value.numel() != dim:
             raise ValueError(f"{path}: embedding of '{name}' has {value.numel()} values but the encoder "
                              f"gives {dim}: the file was computed with another encoder")
+        problem = reference_problem(value)
+        if problem:
+            raise ValueError(f"{path}: the reference embedding of '{name}' {problem}; delete the file to recompute it")
         references[name] = value
     return references
 
@@ -187,16 +174,13 @@ def check_references(loaded: Any, categories: Sequence[str], dim: int, path: Pat
 @torch.no_grad()
 def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, predictor: Predictor,
              inference: InferenceSettings, n_visualisations: int, device: torch.device,
-             resume: bool = True) -> dict[str, Any]:
-    """Predict every image, refine with the CRF, score both and (train split) save the pseudo-masks.
-
-    `resume`: score pseudo-masks an earlier run of the same setting left in run_dir instead of predicting.
-    """
+             masks: Optional[PseudoMaskStore] = None) -> dict[str, Any]:
+    """Predict every image, refine with the CRF, score both and save the pseudo-masks into `masks` (the
+    train split), scoring those an earlier run of the same setting left there instead of predicting."""
     lut = metadata.prediction_to_eval(dataset_name)
     lut = None if lut is None else torch.as_tensor(lut, device=device)
     n_classes, palette = len(metadata.eval_categories(dataset_name)), metadata.palette(dataset_name)
     scores, scores_crf = RunningScore(n_classes), RunningScore(n_classes)
-    save_masks = split == "train"
     skipped: list[str] = []
     resumed = 0
     shard = (distributed.get_rank(), distributed.get_world_size())  # (0, 1) but under torchrun
@@ -204,7 +188,7 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
                                      device=device, desc=f"ReCo {dataset_name} {split}", skipped=skipped,
                                      shard=shard):
         labels = batch["label"]
-        saved = _saved_masks(run_dir, batch["name"], tuple(labels.shape)) if save_masks and resume else None
+        saved = masks.load(batch["name"], tuple(labels.shape)) if masks is not None else None
         if saved is not None:  # written by an earlier, interrupted run: score them, skip the models
             pred, pred_crf = saved
             resumed += len(pred)
@@ -213,10 +197,9 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
         scores.update(labels, pred)
         scores_crf.update(labels, pred_crf)
         with timing.stage("writing"):
-            if save_masks and saved is None:
+            if masks is not None and saved is None:
                 for j, mask_name in enumerate(batch["name"]):
-                    save_png(run_dir / "dt" / mask_name, pred[j].astype(np.uint8))
-                    save_png(run_dir / "dt_crf" / mask_name, pred_crf[j].astype(np.uint8))
+                    masks.save(mask_name, pred[j], pred_crf[j])
             if i < n_visualisations:
                 rgb = denormalise_image(batch["image"][:1])[0]
                 save_panels(run_dir / f"{i:04d}.png", rgb, labels[0].numpy(), pred[0], pred_crf[0], palette,
@@ -229,6 +212,8 @@ def evaluate(dataset_name: str, *, dataset: Dataset, split: str, run_dir: Path, 
     results_crf = named_scores(scores_crf.scores(), class_names)
     if distributed.is_main():
         write_scores(run_dir, results, results_crf, skipped)
+    if masks is not None:
+        masks.report()
     if resumed:
         logger.info("%d pseudo-masks were already written by an earlier run and were reused", resumed)
     logger.info("mIoU %.4f (CRF %.4f), pixel accuracy %.4f (CRF %.4f)", results["Mean IoU"],
@@ -247,20 +232,3 @@ def _predict_batch(images: torch.Tensor, predictor: Predictor,
     if lut is not None:  # COCO-Stuff: 171 fine predictions scored as 27 coarse classes
         pred, pred_crf = lut[pred], lut[pred_crf]
     return pred.cpu().numpy(), pred_crf.cpu().numpy()
-
-
-def _saved_masks(run_dir: Path, names: Sequence[str], shape: tuple[int, ...]):
-    """The batch's dt/ and dt_crf/ masks if an earlier run wrote them all (and they read back), else None."""
-    stacks = []
-    for sub in ("dt", "dt_crf"):
-        masks = []
-        for name in names:
-            path = run_dir / sub / name
-            if not path.is_file():
-                return None
-            try:
-                masks.append(np.asarray(Image.open(path), dtype=np.int64))
-            except OSError:
-                return None
-        stacks.append(np.stack(masks))
-    return tuple(stacks) if stacks[0].shape == shape and stacks[1].shape == shape else None

@@ -19,6 +19,7 @@ from datasets import images as own
 from reco_api.class_names import check_segmentation_classes, split_class_names
 from reco_api.model import ReCo
 from reco_api.preflight import check_run_inputs
+from reco_api.reference_setting import run_setting
 from reco_api.references import check_index_size
 from reco_api.settings import reference_settings
 from utils import timing
@@ -86,7 +87,8 @@ def run_own_images(config: RecoConfig, images: str, categories_arg: Optional[str
         setup_logging(stage / "reco.log")
         timing.set_output_dir(out_dir)  # timings.json is written there once the run has succeeded
         logger.info("segmenting %d images in %s into %d categories -> %s", len(paths), images, len(categories), out_dir)
-        save_json(stage / "config.json", {**config_to_dict(config), "categories": categories, "images": str(images)})
+        save_json(stage / "config.json", {**config_to_dict(config), "categories": categories, "images": str(images),
+                                          "setting": run_setting(settings)})
         model = ReCo(config)
         model.references(categories)  # retrieval and co-segmentation of new classes, before any image
         model.release_retrieval_clip()  # not needed for segmenting: its memory is freed

@@ -28,7 +28,7 @@ from utils import timing
 from utils.config import ConfigError, RecoPlusConfig, require_dir, require_file
 from utils.device import effective_workers, resolve_device, seed_everything, setup_logging
 from utils.distributed import init_distributed, is_distributed
-from utils.file_identity import content_hash
+from utils.file_identity import MEMO_FILE_NAME, content_hash
 from utils.file_lock import FolderInUseError, folder_lock
 from utils.jsonl import JsonLinesError, read_json_lines
 from utils.io import atomic_write, describe_exception, strict_json_value, torch_save
@@ -41,7 +41,6 @@ logger = logging.getLogger("reco")
 # min_lr are left out on purpose: the schedule follows the config (training can be extended).
 SETTING_KEYS = ("dataset_name", "segmentor_name", "dir_pseudo_masks", "batch_size", "crop_size", "lr",
                 "backbone_lr_ratio", "weight_decay", "seed", "amp")
-HASH_MEMO = ".file_hashes.json"  # in dir_ckpt: content hashes of weights files, by their stat
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -112,7 +111,7 @@ def training_setting(config: RecoPlusConfig) -> dict[str, Any]:
         setting["dir_pseudo_masks"] = str(Path(config.dir_pseudo_masks).expanduser().resolve())
     backbone = config.weights.backbone
     if backbone is not None and Path(backbone).expanduser().is_file():
-        backbone = content_hash(Path(backbone).expanduser(), Path(config.dir_ckpt).expanduser() / HASH_MEMO)
+        backbone = content_hash(Path(backbone).expanduser(), Path(config.dir_ckpt).expanduser() / MEMO_FILE_NAME)
     setting["weights.backbone"] = backbone
     return setting
 

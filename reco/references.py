@@ -112,9 +112,28 @@ def compute_reference_embeddings(
     return references
 
 
+def reference_problem(reference: torch.Tensor, dim: Optional[int] = None) -> Optional[str]:
+    """What is wrong with one reference embedding, None if nothing: it must be one vector (of `dim` values
+    when given), finite, and not all zeros (a zero vector has no direction to compare with)."""
+    if reference.dim() != 1 or (dim is not None and reference.numel() != dim):
+        expected = f"({dim},)" if dim is not None else "one vector"
+        return f"has shape {tuple(reference.shape)}, expected {expected}"
+    if not bool(torch.isfinite(reference).all()):
+        return f"holds {int((~torch.isfinite(reference)).sum())} NaN or infinite values"
+    if not bool(reference.any()):
+        return "is all zeros"
+    return None
+
+
 def stack_references(references: Mapping[str, torch.Tensor], categories: Sequence[str]) -> torch.Tensor:
-    """(N, C) unit-norm matrix in `categories` order; a missing category is a clear error."""
+    """(N, C) unit-norm matrix in `categories` order; a missing or bad (reference_problem) reference is a
+    clear error."""
     missing = [c for c in categories if c not in references]
     if missing:
         raise ValueError(f"no reference embedding for categories {missing}")
+    dim = references[categories[0]].numel() if categories else None
+    for c in categories:
+        problem = reference_problem(references[c], dim)
+        if problem:
+            raise ValueError(f"the reference embedding of '{c}' {problem}")
     return F.normalize(torch.stack([references[c].float() for c in categories]), dim=1)

@@ -11,7 +11,7 @@ import torch
 
 from reco_api.reference_setting import category_setting, setting_differences, setting_hash
 from reco_api.settings import ReferenceSettings
-from reco.references import ReferenceCache
+from reco.references import ReferenceCache, reference_problem
 from utils.io import torch_save
 from utils.naming import fit_file_name, slug
 
@@ -62,13 +62,21 @@ class FileReferenceCache(ReferenceCache):
                 logger.info("recomputing the reference of '%s': its cache %s was made with another setting (%s)",
                             name, path, "; ".join(differences))
                 return None
-            return entry["reference"].float()
+            reference = entry["reference"].float()
+            problem = reference_problem(reference)
+            if problem:
+                logger.warning("recomputing the reference of '%s': its cache %s %s", name, path, problem)
+                return None
+            return reference
         except Exception as e:  # a damaged cache entry is recomputed, never trusted
             logger.warning("ignoring unreadable reference cache %s (%s)", path, e)
         return None
 
     def put(self, name: str, contexts: tuple[str, ...], reference: torch.Tensor) -> None:
         path = self._path(name, contexts)
+        problem = reference_problem(reference.detach().float())
+        if problem:  # never cached: a later run would trust it
+            raise ValueError(f"the reference embedding of '{name}' just computed (for {path}) {problem}")
         torch_save({"name": name, "contexts": list(contexts), "setting": self.setting,
                     "reference": reference.detach().cpu()}, path)
         self._loaded[path] = reference.detach().cpu().float()

@@ -21,6 +21,7 @@ import torch
 from utils.config import RecoConfig, effective
 from utils.contexts import PAPER_CONTEXT_CATEGORIES, PAPER_REFERENCE_ALIASES
 from utils.crf import CrfSettings
+from utils.file_identity import MEMO_FILE_NAME
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class ReferenceSettings:
     reproduce_seed_slice_bug: bool
     cache_root: Path = Path("references")  # the per-category reference cache
     experiment_name: str = ""              # SPEC 11's name of the setting (reference_setting adds a hash)
+    hash_memo: Optional[Path] = None       # where content hashes of weights files are remembered (no setting)
 
     @property
     def contexts(self) -> list[str]:
@@ -123,7 +125,8 @@ def reference_settings(config: RecoConfig) -> ReferenceSettings:
         context_elimination=config.context_elimination, context_categories=tuple(config.context_categories),
         aliases=dict(config.reference_aliases), reproduce_seed_slice_bug=config.reproduce_seed_slice_bug,
         cache_root=Path(config.reference_cache_dir or Path(config.dir_ckpt) / "references"),
-        experiment_name=config.experiment_name)
+        experiment_name=config.experiment_name,
+        hash_memo=Path(config.dir_ckpt).expanduser() / MEMO_FILE_NAME)
 
 
 def inference_settings(config: RecoConfig) -> InferenceSettings:

@@ -9,9 +9,11 @@ each run at the cost of the work itself (no interpreter start, no torch import);
 torch operation, so the children's thread pools start fresh.
 
 Spec (JSON): {"module": "main_reco", "argv": [...], "reset": [[src, dst], ...] (dst replaced by a copy of
-src, or removed when src is null), "snapshot": [folder, ...], "ignore": [file name, ...], "preload":
-[module, ...], "warm_up": bool}. Result: the
-count, and per N the snapshots {relative path: sha256} after the kill and after the re-run.
+src, or removed when src is null), "snapshot": [folder, ...], "ignore": [file name pattern, ...], "preload":
+[module, ...], "warm_up": bool, "points": [N, ...] (default every N; a negative N counts from the last
+rename), "values": bool (snapshot.values), "then": [argv, ...] (the runs after the kill, in order; default the same argv once)}. Result:
+the count, and per N the snapshots {relative path: sha256} after the kill and after each later run
+("after"; "after_rerun" is the last one's).
 
 A new writer gets the same test by adding its command to a test's list (tests/test_kill_points.py).
 """
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+from fnmatch import fnmatch
 import subprocess
 import sys
 from pathlib import Path
@@ -30,12 +33,66 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snapshot(folder: Path, ignore: list[str]) -> dict[str, str]:
-    """{relative path: sha256} of every file under `folder` ({} if it is absent)."""
+def snapshot(folder: Path, ignore: list[str], values: bool = False) -> dict[str, str]:
+    """{relative path: sha256} of every file under `folder` ({} if it is absent). `values`: a .pkl or .pt
+    file is known by the values it holds, and a .meta.json sidecar without its pickle hash (torch.save
+    writes a random serialization id, so equal values need not be equal bytes)."""
     if not folder.is_dir():
         return {}
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in ignore}
+    return {p.relative_to(folder).as_posix(): _digest(p, values)
+            for p in sorted(folder.rglob("*")) if p.is_file() and not any(fnmatch(p.name, i) for i in ignore)}
+
+
+def _digest(path: Path, values: bool) -> str:
+    hasher = hashlib.sha256()
+    if values and path.suffix in (".pkl", ".pt"):
+        import torch
+        from utils.io import safe_load_pickle
+
+        _hash_value(torch.load(path, weights_only=True) if path.suffix == ".pt" else safe_load_pickle(path), hasher)
+    elif values and path.name.endswith(".meta.json"):
+        record = json.loads(path.read_text())
+        record.pop("pickle_sha256", None)
+        hasher.update(json.dumps(record, sort_keys=True).encode())
+    else:
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+def _hash_value(value: object, hasher) -> None:
+    import numpy as np
+    import torch
+
+    if isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            hasher.update(repr(key).encode())
+            _hash_value(value[key], hasher)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _hash_value(item, hasher)
+    elif isinstance(value, (torch.Tensor, np.ndarray)):
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+        hasher.update(f"{array.dtype}{array.shape}".encode() + np.ascontiguousarray(array).tobytes())
+    else:
+        hasher.update(repr(value).encode())
+
+
+def _snapshots(folders: list[Path], ignore: list[str], values: bool) -> list[dict[str, str]]:
+    """The snapshots, taken in a forked child when values are read (the parent runs no torch code)."""
+    if not values:
+        return [snapshot(f, ignore) for f in folders]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        with os.fdopen(write, "w") as out:
+            json.dump([snapshot(f, ignore, True) for f in folders], out)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as source:
+        data = source.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
 
 
 def _child(module: object, argv: list[str], kill_after: int, count_file: Path) -> None:
@@ -89,7 +146,7 @@ def main(spec_path: str) -> None:
         importlib.import_module(name)
     module = importlib.import_module(spec["module"])
     count_file = Path(spec_path).with_suffix(".count")
-    ignore = spec.get("ignore", [])
+    ignore, values = spec.get("ignore", []), bool(spec.get("values"))
     folders = [Path(f) for f in spec["snapshot"]]
     _reset(spec.get("reset", []))
     if spec.get("warm_up"):  # one run first, so that the counted runs find the caches it fills
@@ -98,14 +155,17 @@ def main(spec_path: str) -> None:
     code = _run(module, spec["argv"], 0, count_file)
     total = int(count_file.read_text())
     results = {"count": total, "uninterrupted_rc": code,
-               "uninterrupted": [snapshot(f, ignore) for f in folders], "points": {}}
-    for n in spec.get("points") or range(1, total + 1):
+               "uninterrupted": _snapshots(folders, ignore, values), "points": {}}
+    points = spec.get("points") or range(1, total + 1)
+    for n in sorted({p if p > 0 else total + 1 + p for p in points if 0 < (p if p > 0 else total + 1 + p) <= total}):
         _reset(spec.get("reset", []))
         killed = _run(module, spec["argv"], n, count_file)
-        after_kill = [snapshot(f, ignore) for f in folders]
-        rerun = _run(module, spec["argv"], -1, count_file)
-        results["points"][str(n)] = {"killed_rc": killed, "after_kill": after_kill, "rerun_rc": rerun,
-                                     "after_rerun": [snapshot(f, ignore) for f in folders]}
+        point = {"killed_rc": killed, "after_kill": _snapshots(folders, ignore, values), "after": []}
+        for argv in spec.get("then") or [spec["argv"]]:
+            rc = _run(module, argv, -1, count_file)
+            point["after"].append({"rc": rc, "files": _snapshots(folders, ignore, values)})
+        point.update(rerun_rc=point["after"][-1]["rc"], after_rerun=point["after"][-1]["files"])
+        results["points"][str(n)] = point
     Path(spec_path).with_suffix(".result.json").write_text(json.dumps(results))
 
 

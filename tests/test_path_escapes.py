@@ -60,10 +60,10 @@ def test_reference_cache_files_of_any_name_stay_in_the_cache_and_hold_the_real_n
     config = load_reco_config(reco_yaml(tmp_path))
     cache = FileReferenceCache(dataclasses.replace(reference_settings(config), cache_root=tmp_path / "references"))
     for i, name in enumerate(HOSTILE_NAMES):
-        cache.put(name, ("../ctx",), torch.full((4,), float(i)))
+        cache.put(name, ("../ctx",), torch.full((4,), float(i + 1)))  # a zero vector is refused
     fresh = FileReferenceCache(dataclasses.replace(reference_settings(config), cache_root=tmp_path / "references"))
     for i, name in enumerate(HOSTILE_NAMES):
-        assert torch.equal(fresh.get(name, ("../ctx",)), torch.full((4,), float(i)))
+        assert torch.equal(fresh.get(name, ("../ctx",)), torch.full((4,), float(i + 1)))
     written = [p for p in files_under(tmp_path) if p.is_file() and p.suffix == ".pt"]
     assert len(written) == len(HOSTILE_NAMES) and all(p.parent == cache.directory for p in written)
     assert all(len(p.name.encode()) < NAME_MAX_BYTES - 30 for p in written)  # room for atomic_write's temp name

@@ -6,11 +6,14 @@ stand in for every network, so any architecture name builds in no time, and retr
 co-segmentation is replaced by a counting stub (the end-to-end tests run the real thing).
 """
 import dataclasses
+import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import main_reco
 from datasets import metadata
@@ -22,6 +25,7 @@ from reco_api.settings import reference_settings
 from synthetic import write_cityscapes
 from test_end_to_end import colour_world, install_colour_models, reco_config, write_imagenet_of
 from utils.config import load_reco_config
+from utils.io import save_png
 
 
 
@@ -197,7 +201,8 @@ def test_category_cache_entry_of_another_setting_is_recomputed(tmp_path):
     assert again.directory == cache.directory
     assert again.get("car", ("tree",)) is None
     entry = torch.load(next(cache.directory.iterdir()), weights_only=True)
-    assert entry["setting"]["encoder"]["weights"] == {"kind": "file", "name": "encoder.pth", "bytes": len(b"first")}
+    assert entry["setting"]["encoder"]["weights"] == {"kind": "file", "name": "encoder.pth", "bytes": len(b"first"),
+                                                      "sha256": "sha256:" + hashlib.sha256(b"first").hexdigest()}
 
 
 def test_pseudo_masks_of_another_setting_are_not_reused(tmp_path, monkeypatch):
@@ -210,13 +215,19 @@ def test_pseudo_masks_of_another_setting_are_not_reused(tmp_path, monkeypatch):
     out = run_dir_of(load_reco_config(config_path), "train")
     mask = out / "dt_crf" / split.names[0]
     written = mask.stat().st_mtime_ns
-    # an earlier run of another setting shared this directory (e.g. weights of the same name, other size)
-    record = json.loads((out / "config.json").read_text())
-    record["setting"]["reproduce_seed_slice_bug"] = True
-    (out / "config.json").write_text(json.dumps(record))
+    # an earlier run of another setting shared this directory (e.g. weights of the same name, other size):
+    # the record its masks name says so
+    records = json.loads((out / "pseudo_mask_settings.json").read_text())
+    assert len(records) == 1
+    other = {**next(iter(records.values())), "reproduce_seed_slice_bug": True}
+    (out / "pseudo_mask_settings.json").write_text(json.dumps({**records, "0123456789abcdef": other}))
+    for sub in ("dt", "dt_crf"):
+        save_png(out / sub / split.names[0], np.asarray(Image.open(out / sub / split.names[0])),
+                 text={"reco_setting": "0123456789abcdef"})
+    written = mask.stat().st_mtime_ns
     assert main_reco.main(["--config", str(config_path), "--split", "train"]) == 0
     assert mask.stat().st_mtime_ns != written
-    assert "not reusing the pseudo-masks" in (out / "reco.log").read_text()
+    assert "not reusing the pseudo-masks of 1 images" in (out / "reco.log").read_text()
     assert len(calls) == 1  # the reference pickle of this setting is still good
 
 
@@ -238,7 +249,8 @@ def test_weights_source_tells_files_from_tags(tmp_path):
     assert weights_source("RN50x16.pt")[0] == "missing_file"
     assert weights_source("openai") == ("tag", "openai")
     assert weights_source("IMAGENET1K_V1") == ("tag", "IMAGENET1K_V1")
-    assert reference_setting.weights_identity(str(tmp_path / "w.pt")) == {"kind": "file", "name": "w.pt", "bytes": 1}
+    assert reference_setting.weights_identity(str(tmp_path / "w.pt")) == {
+        "kind": "file", "name": "w.pt", "bytes": 1, "sha256": "sha256:" + hashlib.sha256(b"x").hexdigest()}
 
 
 def test_tiny_reco_plus_config_reads_the_pseudo_masks_the_demo_writes():

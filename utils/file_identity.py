@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 CHUNK_BYTES = 8 << 20
+MEMO_FILE_NAME = ".file_hashes.json"  # the memo's name in dir_ckpt (ReCo and ReCo+ share it)
 _MEMORY: dict[tuple, str] = {}
 
 

@@ -93,15 +93,21 @@ def save_pickle(obj: Any, path: str | os.PathLike) -> None:
         pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Atomically write a uint8 array as PNG: (H, W) -> mode "L", (H, W, 3) -> RGB."""
-    from PIL import Image
+def save_png(path: str | os.PathLike, array: np.ndarray, text: Optional[Mapping[str, str]] = None) -> None:
+    """Atomically write a uint8 array as PNG: (H, W) -> mode "L", (H, W, 3) -> RGB; `text`: tEXt chunks
+    (read back as PIL's `Image.open(path).text`)."""
+    from PIL import Image, PngImagePlugin
 
     array = np.ascontiguousarray(array)
     if array.dtype != np.uint8:
         raise ValueError(f"save_png expects uint8, got {array.dtype} for {path}")
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     with atomic_write(path, "wb") as f:
-        Image.fromarray(array).save(f, format="PNG")
+        Image.fromarray(array).save(f, format="PNG", pnginfo=info)
 
 
 class UnsafePickleError(pickle.UnpicklingError):
