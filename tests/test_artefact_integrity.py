@@ -35,7 +35,8 @@ VOLATILE = ["reco.log", "timings.json", ".file_hashes.json"]  # times; stats of 
 def write_encoder(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(get_encoder("tiny-vit").architecture().state_dict(), path)
+    spec = get_encoder("tiny-vit")
+    torch.save(spec.build(spec).state_dict(), path)
     return path
 
 
