@@ -228,19 +228,13 @@ class RecoConfig:
     @property
     def experiment_name(self) -> str:
         """SPEC 11: e.g. deit_s_16_sin_in_train_ce_ta (names the reference pickle of the paper's setting;
-        entry.reference_setting.reference_experiment_name adds a setting hash for any other)."""
+        reco_api.reference_setting.reference_experiment_name adds a setting hash for any other)."""
         parts = [slug(self.encoder_arch), self.retrieval_tag]
         parts += ["ce"] if self.context_elimination else []
         parts += ["ta"] if self.text_attention else []
         suffix = self.suffix.lstrip("_")  # '_try' and 'try' both give ..._try, never ...__try
         parts += [suffix] if suffix else []
         return "_".join(parts)
-
-    @property
-    def run_name(self) -> str:
-        """experiment_name + '_dc' with DenseCLIP inference: the run directory's name for the paper's setting
-        (entry.reference_setting.run_experiment_name adds a setting hash for any other)."""
-        return self.experiment_name + ("_dc" if self.dense_clip_inference else "")
 
 
 @dataclass(frozen=True)
