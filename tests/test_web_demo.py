@@ -312,8 +312,12 @@ def test_busy_beyond_the_queue_and_files_deleted_at_stop(tmp_path, colour_setup,
         while len(demo._queue) < 1 and time.monotonic() < deadline:  # the second waits in the queue
             time.sleep(0.05)
         third = client.submit(handle_file(str(image)), "sky, car", False, api_name="/segment")
-        with pytest.raises(Exception, match="Queue is full"):
+        with pytest.raises(Exception) as refused:  # refused while the first still runs (release not set)
             third.result(timeout=30)
+        # gradio_client reports the server's "Queue is full" message, or under load sometimes an empty error
+        assert not isinstance(refused.value, TimeoutError), "the third request waited instead of being refused"
+        assert not str(refused.value) or "Queue is full" in str(refused.value), str(refused.value)
+        assert not release.is_set() and not first.done()
         release.set()
         assert first.result(timeout=60)[2]["label"] and second.result(timeout=60)[2]["label"]
         uploads = [p for p in (tmp_path / "gradio").rglob("scene.png")]
