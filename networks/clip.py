@@ -28,7 +28,8 @@ from utils.normalisation import CLIP_MEAN, CLIP_STD
 
 from .clip_registry import ClipSpec, get_clip
 from .torchscript_reader import TorchScriptArchiveError, read_torchscript_state_dict
-from .weights import freeze, is_torchscript_archive, load_state_dict_file, load_strict, resolve_weights, weights_source
+from .weights import (freeze, is_torchscript_archive, load_state_dict_file, load_strict, random_init, resolve_weights,
+                      weights_source)
 
 logger = logging.getLogger("reco.networks")
 
@@ -49,7 +50,7 @@ def build_clip(
     weights: an OpenAI TorchScript archive (its state dict read without running its code, QuickGELU), a
         plain state-dict file (loaded strictly), a folder holding an open_clip release (open_clip_config.json,
         weights, tokenizer files), one of the spec's open_clip pretrained tags such as 'openai' (downloads;
-        online only), or 'random' (seeded by torch's current RNG). `key` is the config key named in errors.
+        online only), or 'random' (the same random model every time: see `random_init`). `key` is the config key named in errors.
     precision: 'fp32', 'fp16', 'bf16' or 'auto' (fp16 on CUDA, as the original `clip.load`; else fp32).
     """
     spec = get_clip(arch)
@@ -68,7 +69,8 @@ def build_clip(
     if kind == "random":
         if not spec.test_only:
             logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
-        model = _finalise(spec.build(spec, precision, "cpu"), device, precision)
+        with random_init(spec.name):
+            model = _finalise(spec.build(spec, precision, "cpu"), device, precision)
     elif kind == "tag":
         model = _from_tag(spec, str(value), device, precision, key)
     elif is_torchscript_archive(value):

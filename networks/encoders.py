@@ -20,7 +20,7 @@ from torch import nn
 from utils.config import ConfigError
 
 from .encoder_registry import IMAGENET_MEAN, IMAGENET_STD, EncoderSpec, get_encoder
-from .weights import freeze, load_state_dict_file, load_strict, resolve_weights
+from .weights import freeze, load_state_dict_file, load_strict, random_init, resolve_weights
 
 logger = logging.getLogger("reco.networks")
 
@@ -164,16 +164,17 @@ def build_encoder(
         return freeze(spec.build(spec)).to(device)
     if kind == "tag":
         vit = _from_tag(spec, str(value), key)
+    elif kind == "random":
+        if not spec.test_only:
+            logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
+        with random_init(spec.name):
+            vit = spec.build(spec)
     else:
         vit = spec.build(spec)
-        if kind == "random":
-            if not spec.test_only:
-                logger.warning("%s: building %s with RANDOM weights (tests only)", key, arch)
-        else:
-            state_dict = load_state_dict_file(value, key)
-            if spec.convert_checkpoint is not None:
-                state_dict = spec.convert_checkpoint(state_dict, vit)
-            load_strict(vit, state_dict, key, value)
+        state_dict = load_state_dict_file(value, key)
+        if spec.convert_checkpoint is not None:
+            state_dict = spec.convert_checkpoint(state_dict, vit)
+        load_strict(vit, state_dict, key, value)
     return DenseViT(vit, spec).to(device)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -24,6 +26,18 @@ WeightsSource = Literal["unset", "random", "file", "folder", "missing_file", "ta
 # A value that is not an existing file is read as a (missing) file path when it has one of these
 # suffixes or a directory separator, and as a library tag otherwise (tags are bare words: 'openai').
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".safetensors")
+
+
+@contextmanager
+def random_init(arch: str) -> Iterator[None]:
+    """Build a network with 'random' weights inside this: its weights are a function of `arch` alone, not
+    of torch's RNG state when it is built. Models are built lazily (DenseCLIP only when a reference is
+    computed), so without this two runs of one setting could get two different random models, and a run
+    that reads cached references would disagree with the run that computed them. The global RNG is left
+    as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(arch.encode()))
+        yield
 
 
 def weights_source(weights: Optional[Union[str, os.PathLike]]) -> tuple[WeightsSource, Optional[Union[Path, str]]]:

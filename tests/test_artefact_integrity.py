@@ -192,10 +192,6 @@ def _reset_to(state: Path, root: Path) -> list[list]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(run=False, reason=(
-    "open (issue 26): after a kill among B's last renames, A's re-run writes a reference pickle whose values "
-    "differ from an uninterrupted A's; not yet known whether the pickle or the test's random-weight DenseCLIP "
-    "(built lazily, so its random weights depend on the RNG state) is at fault"))
 def test_references_of_b_killed_then_a_run_of_a_and_a_rerun_of_b(world, tmp_path):
     """A kill after B's renames (a spread of N: the first, and the last four, where the sidecar and the
     pickle go in; every N would take minutes) leaves files that a run of A reads as A's or recomputes, and a re-run
@@ -223,9 +219,6 @@ def test_references_of_b_killed_then_a_run_of_a_and_a_rerun_of_b(world, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue 26): passed in one fresh-clone CI run and failed in the next; not yet diagnosed whether a "
-    "resumed run can mix masks or the random-weight DenseCLIP (built lazily) makes the values RNG-dependent"))
 def test_pseudo_masks_of_a_then_b_killed_and_resumed(world, tmp_path):
     """A train run of B over A's finished one, killed after any of a spread of renames, then resumed:
     the masks are B's uninterrupted ones (none of A's reused)."""
