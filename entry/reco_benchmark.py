@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +92,8 @@ def _run_benchmark(config: RecoConfig, split: str, references_only: bool) -> dic
         references = read_references(pickle_path, categories, encoder.embed_dim)
     else:
         references = references_on_rank0(config, lambda: write_references(
-            settings, pickle_path, categories, device, encoder, dense, run_dir))
+            settings, pickle_path, categories, device, encoder, dense,
+            cosegmentation_visualiser(run_dir, config.cosegmentation_pictures)))
     if references_only:
         return {}
     with timing.stage("text"):
@@ -113,10 +114,10 @@ def read_references(path: Path, categories: Sequence[str], dim: int) -> dict[str
 
 def write_references(settings: ReferenceSettings, path: Path, categories: Sequence[str], device: torch.device,
                      encoder: torch.nn.Module, dense: Optional[DenseClipModels],
-                     run_dir: Path) -> dict[str, torch.Tensor]:
+                     on_reference: Optional[Callable[[str, torch.Tensor, torch.Tensor], None]],
+                     ) -> dict[str, torch.Tensor]:
     """Compute the references and write the pickle with its settings record."""
-    references = compute_references(settings, categories, device, encoder, dense,
-                                    on_reference=cosegmentation_visualiser(run_dir))
+    references = compute_references(settings, categories, device, encoder, dense, on_reference=on_reference)
     with timing.stage("writing"):
         write_with_sidecar({name: references[name].detach().cpu().float() for name in categories}, path,
                            reference_setting(settings))

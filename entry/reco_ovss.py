@@ -146,7 +146,8 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     encoder = build_encoder(settings.models, device)
     dense = build_dense_clip(settings.models, device, settings.cache_root)
     references = references_on_rank0(config, lambda: compute_references(
-        settings, protocol.queries, device, encoder, dense, on_reference=cosegmentation_visualiser(run_dir)))
+        settings, protocol.queries, device, encoder, dense,
+        on_reference=cosegmentation_visualiser(run_dir, config.cosegmentation_pictures)))
     if references_only:
         return {}
     matrix = stack_references(references, protocol.queries).to(device)

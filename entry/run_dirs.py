@@ -3,7 +3,7 @@ co-segmentation pictures (shared by the paper benchmarks and the open-vocabulary
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,13 @@ def reference_pickle_path(config: RecoConfig) -> Path:
     return Path(config.dir_dataset) / f"{experiment}_cat_to_img_feature_k{config.n_imgs}.pkl"
 
 
-def cosegmentation_visualiser(run_dir: Path) -> Callable[[str, torch.Tensor, torch.Tensor], None]:
+def cosegmentation_visualiser(run_dir: Path,
+                              enabled: bool = True) -> Optional[Callable[[str, torch.Tensor, torch.Tensor], None]]:
     """on_reference callback: coseg_{category}.png with the first 5 retrieved images and their similarity maps
     (a name that cannot be a file name as it is gets a safe one, utils.naming.file_name_part; the title
-    keeps the real name)."""
+    keeps the real name). None when not `enabled` (the config's `cosegmentation_pictures`)."""
+    if not enabled:
+        return None
 
     def visualise(name: str, images: torch.Tensor, similarity: torch.Tensor) -> None:
         with timing.stage("writing"):

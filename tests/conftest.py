@@ -51,8 +51,21 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (the whole suite; `-m slow` runs only them)")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` (run them alone with `pytest -m cuda`) skip cleanly without a GPU."""
+    """Tests marked `slow` (kill-point sweeps, several processes, whole scripts, load tests) run with
+    `--slow` or `-m slow`, or when named by node id; the quick suite leaves them out. Tests marked `cuda`
+    (run them alone with `pytest -m cuda`) skip cleanly without a GPU."""
+    named = any("::" in arg for arg in config.args)
+    if not (config.getoption("--slow") or config.option.markexpr or named):
+        slow = [item for item in items if "slow" in item.keywords]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if "slow" not in item.keywords]
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

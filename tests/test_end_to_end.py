@@ -55,6 +55,7 @@ def reco_config(tmp_path, **extra):
         "weights": {"clip": "random", "dense_clip": "random", "encoder": "random"},
         "n_imgs": 3, "batch_size": 2, "n_workers": 0, "n_visualisations": 2, "device": "cpu",
         "crf_workers": 1, "index_batch_size": 16, "index_shard_size": 32,
+        "cosegmentation_pictures": False,  # about 0.3 s each; the tests that look at them turn them on
     }
     config.update(extra)
     path = tmp_path / "reco.yaml"
@@ -80,7 +81,7 @@ def reference_pickle(config_path):
 def test_known_answer_cityscapes_through_main_reco(tmp_path, monkeypatch):
     categories = metadata.categories("cityscapes")
     vocabulary, _ = colour_cityscapes(tmp_path, monkeypatch, n_images=3)
-    config = reco_config(tmp_path)
+    config = reco_config(tmp_path, cosegmentation_pictures=True)
 
     assert main_reco.main(["--config", str(config), "--stage", "index"]) == 0
     assert main_reco.main(["--config", str(config)]) == 0
@@ -125,6 +126,7 @@ def test_pseudo_masks_of_the_train_split(tmp_path, monkeypatch):
     assert main_reco.main(["--config", str(config), "--split", "train"]) == 0  # builds the index itself
 
     out = run_dir(config, "train")
+    assert not list(out.glob("coseg_*.png"))  # cosegmentation_pictures: false
     for name in split.names:
         for sub in ("dt", "dt_crf"):
             mask = np.asarray(Image.open(out / sub / name))

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_reco_plus import _config, cityscapes_tree  # noqa: F401 (fixture)
@@ -43,6 +44,7 @@ def test_ctrl_c_in_main_reco_is_one_line_and_130(tmp_path):
     assert output.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_reco_plus_training_saves_and_says_so(cityscapes_tree, tmp_path):
     cfg = _config(cityscapes_tree, tmp_path / "i.yaml", tmp_path / "i", iter_train=400, iter_val=400, log_every=2)
     rc, output = _interrupt_when([sys.executable, str(REPO / "main_reco_plus.py"), "--config", str(cfg)],

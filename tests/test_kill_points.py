@@ -32,6 +32,7 @@ def tiny_world(tmp_path_factory):
     return root, config
 
 
+@pytest.mark.slow
 def test_own_images_into_an_existing_out(tiny_world, tmp_path):
     root, config = tiny_world
     earlier = tmp_path / "earlier"
@@ -53,6 +54,7 @@ def test_own_images_into_an_existing_out(tiny_world, tmp_path):
                                                             "kill_spec.result.json", "out"]
 
 
+@pytest.mark.slow
 def test_two_index_builds_at_once(tmp_path):
     write_imagenet(tmp_path / "ImageNet2012", "train", n_per_class=6)
     config = reco_config(tmp_path, index_shard_size=8, index_batch_size=4)

@@ -52,6 +52,7 @@ def ovss_config(tmp_path, name, **extra):
         "n_imgs": 3, "batch_size": 2, "n_workers": 0, "n_visualisations": 1, "device": "cpu", "crf_workers": 1,
         "dense_clip_inference": False, "eval_short_side": 96, "slide_window": 48, "slide_stride": 24,
         "background": BACKGROUND.get(name, {"mode": "none"}), "index_batch_size": 16, "index_shard_size": 32,
+        "cosegmentation_pictures": False,  # about 0.3 s each; the tests that look at them turn them on
     }
     config.update(extra)
     path = tmp_path / f"{name}.yaml"
@@ -108,7 +109,8 @@ def test_references_are_computed_once_and_shared_across_benchmarks(tmp_path, mon
     wnids = [f"n{20000000 + i}" for i in range(len(COLOURS))]
     write_imagenet(tmp_path / "ImageNet2012", "train", wnids, n_per_class=3, colours=COLOURS)
     write_ovss("voc21", tmp_path / "VOC2012")
-    config21 = ovss_config(tmp_path, "voc21", dir_dataset=str(tmp_path / "VOC2012"), n_visualisations=0)
+    config21 = ovss_config(tmp_path, "voc21", dir_dataset=str(tmp_path / "VOC2012"), n_visualisations=0,
+                            cosegmentation_pictures=True)
     new = {"car", "ship"}  # computed by this run
     fill_reference_cache(config21, [n for n in metadata.categories("voc21") if n not in new])
     before = reference_files(tmp_path / "references")
@@ -185,7 +187,7 @@ def test_tiny_random_models_run_the_protocol(tmp_path):
     write_ovss("voc21", tmp_path / "voc21", sizes=((40, 56),))
     config = ovss_config(tmp_path, "voc21", n_imgs=2, dense_clip_inference=True, eval_short_side=48,
                          slide_window=32, slide_stride=16,
-                         background={"mode": "synonyms", "synonyms": ["sky", "road"]})
+                         background={"mode": "synonyms", "synonyms": ["sky", "road"]}, cosegmentation_pictures=True)
     # most names come from the cache (random tiny-vit-sized vectors); "car" and "ship" are retrieved and co-segmented
     loaded = load_reco_config(config)
     cache = FileReferenceCache(reference_settings(loaded))

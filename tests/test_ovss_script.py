@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def test_every_config_is_checked_before_any_runs(tmp_path):
     assert result.returncode == 2 and "no config" in result.stderr and "reco_pascal.yaml" in result.stderr
 
 
+@pytest.mark.slow
 def test_script_runs_each_benchmark_and_writes_the_table(tmp_path):
     """Inputs that pass the check but fail in the run (an empty benchmark folder): the next benchmark
     still runs, the table is written, the status is 1."""

@@ -319,6 +319,7 @@ def _config(tree: dict[str, Path], path: Path, ckpt: Path, **overrides) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_saved_weights_evaluate(cityscapes_tree, tmp_path):
     tree = cityscapes_tree
     run = Path("cityscapes/val/reco_plus/deeplabv3plus_tiny")

@@ -10,8 +10,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script, cwd", [("reco_cityscapes.sh", "root"), ("reco_coco_stuff.sh", "scripts"),
-                                         ("reco_kitti_step.sh", "root"), ("reco_plus_cityscapes.sh", "scripts")])
+@pytest.mark.parametrize("script, cwd", [
+    ("reco_cityscapes.sh", "root"), ("reco_plus_cityscapes.sh", "scripts"),  # both entry scripts, both folders
+    pytest.param("reco_coco_stuff.sh", "scripts", marks=pytest.mark.slow),
+    pytest.param("reco_kitti_step.sh", "root", marks=pytest.mark.slow)])
 def test_wrapper_runs_the_entry_script(tmp_path, script, cwd):
     config = tmp_path / "c.yaml"
     base = {"dir_ckpt": str(tmp_path / "ckpt"), "dir_dataset": str(tmp_path / "no_dataset_here")}
