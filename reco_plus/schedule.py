@@ -1,6 +1,8 @@
 """Optimiser and learning-rate schedule of ReCo+ (SPEC 12.2)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -21,6 +23,14 @@ class PolyLR(LRScheduler):
         self.power = power
         self.min_lr = min_lr
         super().__init__(optimizer, last_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Without torch's _step_count: it counts the steps of this object since it was built (for its
+        # warning about the call order), not those of the schedule. A scheduler built at a resumed
+        # iteration has taken fewer, and its last.pt would differ from an uninterrupted run's.
+        state = super().state_dict()
+        state.pop("_step_count", None)
+        return state
 
     def get_lr(self) -> list[float]:
         return self._lrs_at(self.last_epoch)

@@ -11,7 +11,8 @@ torch operation, so the children's thread pools start fresh.
 Spec (JSON): {"module": "main_reco", "argv": [...], "reset": [[src, dst], ...] (dst replaced by a copy of
 src, or removed when src is null), "snapshot": [folder, ...], "ignore": [file name pattern, ...], "preload":
 [module, ...], "warm_up": bool, "points": [N, ...] (default every N; a negative N counts from the last
-rename), "values": bool (snapshot.values), "then": [argv, ...] (the runs after the kill, in order; default the same argv once)}. Result:
+rename), "values": bool (snapshot.values), "volatile_keys": [key, ...] (with values: dropped from each
+record of a .jsonl file), "then": [argv, ...] (the runs after the kill, in order; default the same argv once)}. Result:
 the count, and per N the snapshots {relative path: sha256} after the kill and after each later run
 ("after"; "after_rerun" is the last one's).
 
@@ -33,19 +34,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snapshot(folder: Path, ignore: list[str], values: bool = False) -> dict[str, str]:
+def snapshot(folder: Path, ignore: list[str], values: bool = False,
+             volatile_keys: tuple[str, ...] = ()) -> dict[str, str]:
     """{relative path: sha256} of every file under `folder` ({} if it is absent). `values`: a .pkl or .pt
-    file is known by the values it holds, and a .meta.json sidecar without its pickle hash (torch.save
-    writes a random serialization id, so equal values need not be equal bytes)."""
+    file is known by the values it holds, a .meta.json sidecar without its pickle hash (torch.save
+    writes a random serialization id, so equal values need not be equal bytes), and a .jsonl file by its
+    records without the `volatile_keys` (values that hold times)."""
     if not folder.is_dir():
         return {}
-    return {p.relative_to(folder).as_posix(): _digest(p, values)
+    return {p.relative_to(folder).as_posix(): _digest(p, values, volatile_keys)
             for p in sorted(folder.rglob("*")) if p.is_file() and not any(fnmatch(p.name, i) for i in ignore)}
 
 
-def _digest(path: Path, values: bool) -> str:
+def _digest(path: Path, values: bool, volatile_keys: tuple[str, ...] = ()) -> str:
     hasher = hashlib.sha256()
-    if values and path.suffix in (".pkl", ".pt"):
+    if values and path.suffix == ".jsonl":
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            for key in volatile_keys:
+                record.pop(key, None)
+            hasher.update(json.dumps(record, sort_keys=True).encode() + b"\n")
+    elif values and path.suffix in (".pkl", ".pt"):
         import torch
         from utils.io import safe_load_pickle
 
@@ -77,7 +86,8 @@ def _hash_value(value: object, hasher) -> None:
         hasher.update(repr(value).encode())
 
 
-def _snapshots(folders: list[Path], ignore: list[str], values: bool) -> list[dict[str, str]]:
+def _snapshots(folders: list[Path], ignore: list[str], values: bool,
+               volatile_keys: tuple[str, ...] = ()) -> list[dict[str, str]]:
     """The snapshots, taken in a forked child when values are read (the parent runs no torch code)."""
     if not values:
         return [snapshot(f, ignore) for f in folders]
@@ -86,7 +96,7 @@ def _snapshots(folders: list[Path], ignore: list[str], values: bool) -> list[dic
     if pid == 0:
         os.close(read)
         with os.fdopen(write, "w") as out:
-            json.dump([snapshot(f, ignore, True) for f in folders], out)
+            json.dump([snapshot(f, ignore, True, volatile_keys) for f in folders], out)
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as source:
@@ -146,7 +156,7 @@ def main(spec_path: str) -> None:
         importlib.import_module(name)
     module = importlib.import_module(spec["module"])
     count_file = Path(spec_path).with_suffix(".count")
-    ignore, values = spec.get("ignore", []), bool(spec.get("values"))
+    ignore, values, volatile = spec.get("ignore", []), bool(spec.get("values")), tuple(spec.get("volatile_keys", ()))
     folders = [Path(f) for f in spec["snapshot"]]
     _reset(spec.get("reset", []))
     if spec.get("warm_up"):  # one run first, so that the counted runs find the caches it fills
@@ -155,15 +165,15 @@ def main(spec_path: str) -> None:
     code = _run(module, spec["argv"], 0, count_file)
     total = int(count_file.read_text())
     results = {"count": total, "uninterrupted_rc": code,
-               "uninterrupted": _snapshots(folders, ignore, values), "points": {}}
+               "uninterrupted": _snapshots(folders, ignore, values, volatile), "points": {}}
     points = spec.get("points") or range(1, total + 1)
     for n in sorted({p if p > 0 else total + 1 + p for p in points if 0 < (p if p > 0 else total + 1 + p) <= total}):
         _reset(spec.get("reset", []))
         killed = _run(module, spec["argv"], n, count_file)
-        point = {"killed_rc": killed, "after_kill": _snapshots(folders, ignore, values), "after": []}
+        point = {"killed_rc": killed, "after_kill": _snapshots(folders, ignore, values, volatile), "after": []}
         for argv in spec.get("then") or [spec["argv"]]:
             rc = _run(module, argv, -1, count_file)
-            point["after"].append({"rc": rc, "files": _snapshots(folders, ignore, values)})
+            point["after"].append({"rc": rc, "files": _snapshots(folders, ignore, values, volatile)})
         point.update(rerun_rc=point["after"][-1]["rc"], after_rerun=point["after"][-1]["files"])
         results["points"][str(n)] = point
     Path(spec_path).with_suffix(".result.json").write_text(json.dumps(results))
