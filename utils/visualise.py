@@ -171,20 +171,25 @@ def cosegmentation_figure(images: np.ndarray, similarity: np.ndarray, title: str
     images (k, H, W, 3) uint8; similarity (k, H, W) float, already resized to the images.
     """
     n = min(n, len(images))
-    fig = Figure(figsize=(2.5 * n + 0.9, 2.9), layout="constrained")
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    # laid out by hand, in inches: a layout engine would double the time of a picture drawn per category
+    panel, bar_width, right, top, bottom = 2.5, 0.12, 0.9, 0.4, 0.1
+    width, height = panel * n + right, panel + top + bottom
+    fig = Figure(figsize=(width, height))
     heat = None
-    for i, ax in enumerate(axes):
+    for i in range(n):
+        ax = fig.add_axes((i * panel / width + 0.02 / width, bottom / height, (panel - 0.04) / width, panel / height))
         ax.imshow(grey_levels(images[i]), cmap="gray", vmin=0, vmax=255)
         heat = ax.imshow(similarity[i], cmap="jet", alpha=0.5, vmin=-1, vmax=1)
         ax.axis("off")
     if heat is not None:
-        bar = fig.colorbar(heat, ax=list(axes), fraction=0.05, pad=0.02, ticks=[-1, -0.5, 0, 0.5, 1])
+        bar_axes = fig.add_axes(((panel * n + 0.08) / width, (bottom + 0.2) / height, bar_width / width,
+                                 (panel - 0.4) / height))
+        bar = fig.colorbar(heat, cax=bar_axes, ticks=[-1, -0.5, 0, 0.5, 1])
         bar.ax.set_facecolor("0.5")  # the bar's half-transparent colours over mid-grey, as over an image
         bar.set_label("cosine similarity to\nthe reference embedding", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     return fig
 
 
