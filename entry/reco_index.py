@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import networks
 from datasets.imagenet import IndexBuildDataset, clip_normalise
 from image_index.build import build_index
-from image_index.storage import IndexNotFoundError
+from image_index.storage import CLIP_WEIGHTS_KEY, IndexNotFoundError
+from reco_api.collection import check_index_weights, clip_weights_record
 from reco_api.models import clip_precision
 from reco_api.preflight import check_run_inputs
 from reco_api.references import retrieval_collection
@@ -39,6 +40,7 @@ def run_index_stage(config: RecoConfig) -> Path:
     collection = retrieval_collection(settings)
     out_dir = collection.index_dir
     if (out_dir / "meta.json").is_file():
+        check_index_weights(collection, settings.models.clip, settings.hash_memo)
         logger.info("index already built: %s", out_dir)
         return out_dir
     published = collection.published_pickle
@@ -56,6 +58,7 @@ def run_index_stage(config: RecoConfig) -> Path:
         # the build's own log gets the build's messages; the run's log (reco.log) keeps getting them too
         build_log = out_dir.parent / f"build_{out_dir.name}.log"
         with extra_log_file(build_log) if rank == 0 else contextlib.nullcontext():
+            clip_weights = clip_weights_record(settings.models.clip, settings.hash_memo)  # before it is read
             with timing.stage("models"):
                 clip_model, _ = networks.build_clip(config.clip_arch, config.weights.clip, device=device,
                                                     precision=precision, key="weights.clip")
@@ -72,7 +75,8 @@ def run_index_stage(config: RecoConfig) -> Path:
                 pixels = to_model_input(clip_normalise(images.to(device, non_blocking=True)))
                 return F.normalize(clip_model.encode_image(pixels).float(), dim=-1)
 
-            meta = {"clip_arch": config.clip_arch, "split": collection.name, "image_size": image_size}
+            meta = {"clip_arch": config.clip_arch, "split": collection.name, "image_size": image_size,
+                    CLIP_WEIGHTS_KEY: clip_weights}  # so shards and indexes of two weights never mix
             if not collection.is_imagenet:
                 meta["collection_dir"] = str(collection.root)
             with timing.stage("index build", log=True):

@@ -14,7 +14,8 @@ Building from an entry script (single process or `torchrun --nproc_per_node=N`):
         datasets.imagenet.list_imagenet_images(dir_imagenet, split),
         embed_fn=lambda x: F.normalize(model.encode_image(x), dim=-1),
         out_dir=index_dir(dir_imagenet, config.clip_arch, split),
-        meta={"clip_arch": config.clip_arch, "split": split, "image_size": size},
+        meta={"clip_arch": config.clip_arch, "split": split, "image_size": size,
+              "clip_weights": reco_api.collection.clip_weights_record(settings.models.clip, memo)},
         make_dataset=lambda paths: datasets.imagenet.IndexBuildDataset(paths, size),
         batch_size=config.index_batch_size, num_workers=config.n_workers, shard_size=config.index_shard_size,
         device=device, rank=rank, world_size=world_size, barrier=utils.distributed.barrier, logger=logger)
@@ -62,7 +63,10 @@ def build_index(image_paths: Sequence[str | os.PathLike], embed_fn: Callable, ou
     names: what filenames.txt stores for each path (default: the basenames, ImageNet's format; a folder
     collection stores relative paths, basenames need not be unique there).
     Finished shards are only reused by a build with the same paths, shard_size and meta (keep meta
-    deterministic). Returns out_dir on every rank once the index is complete.
+    deterministic; it holds the CLIP weights' identity, so shards of two weights never mix): a build whose
+    plan differs from an interrupted one's logs that and starts afresh, in its own work directory (the
+    old one is only removed once this build completes, so going back to the old setting still resumes
+    it). Returns out_dir on every rank once the index is complete.
     """
     out_dir, logger = Path(out_dir), logger or logging.getLogger("reco")
     paths = [str(p) for p in image_paths]
@@ -104,9 +108,12 @@ def _build_unlocked(paths: list[str], names: list[str], embed_fn: Callable, out_
                     prefetch_factor: int, autocast_dtype: torch.dtype) -> Path:
     plan = json.dumps({"paths": paths, "shard_size": shard_size, "meta": meta}, sort_keys=True, default=str)
     work = out_dir.parent / f".{out_dir.name}.partial-{hashlib.sha1(plan.encode()).hexdigest()[:12]}"
+    plan_record = {"n_images": len(paths), "shard_size": shard_size, "meta": meta}
+    if rank == 0:
+        _report_other_builds(out_dir, work, plan_record, logger)
     work.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not (work / "plan.json").is_file():
-        save_json(work / "plan.json", {"n_images": len(paths), "shard_size": shard_size, "meta": meta})
+        save_json(work / "plan.json", plan_record)
     sync()  # nobody writes a shard before every rank has listed the finished ones
     n_shards = -(-len(paths) // shard_size)
     todo = [s for s in range(n_shards) if not shard_is_done(work, s)]
@@ -154,14 +161,52 @@ def _check_build_args(paths: list[str], names: list[str], meta: dict[str, Any], 
         raise ValueError("build_index: image names may not contain newlines")
 
 
+def _report_other_builds(out_dir: Path, work: Path, plan: dict[str, Any], logger: logging.Logger) -> None:
+    """Log each interrupted build of `out_dir` with another plan (e.g. other CLIP weights): its shards are
+    not resumed by this build, which starts afresh; they stay until this build completes (then removed)."""
+    for other in sorted(out_dir.parent.glob(f".{out_dir.name}.partial-*")):
+        if other == work:
+            continue
+        try:
+            recorded = json.loads((other / "plan.json").read_text())
+            changes = _plan_changes(recorded, plan) if isinstance(recorded, dict) else ["plan.json is not a record"]
+        except (OSError, ValueError) as e:
+            changes = [f"its plan.json is unreadable ({e})"]
+        logger.warning("not resuming the interrupted build in %s (%d finished shard(s)): it was made with another "
+                       "setting (%s); this build embeds every image again", other,
+                       len(list(other.glob("shard_*.done.json"))), "; ".join(changes) or "another image list")
+
+
+def _plan_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for each top-level value and meta value of two build plans that differ."""
+    def flat(plan: dict[str, Any]) -> dict[str, Any]:
+        meta = plan.get("meta") if isinstance(plan.get("meta"), dict) else {}
+        return {**{k: v for k, v in plan.items() if k != "meta"}, **{f"meta.{k}": v for k, v in meta.items()}}
+
+    old, new = flat(recorded), flat(current)
+    return [f"{key}: {json.dumps(old.get(key), default=str)} -> {json.dumps(new.get(key), default=str)}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
 def _shard_files(work: Path, shard: int) -> tuple[Path, Path]:
     return work / f"shard_{shard:06d}.npy", work / f"shard_{shard:06d}.done.json"
 
 
+def _plan_digest(work: Path) -> str:
+    """The digest of the build plan a work directory is named after (its shard markers record it too)."""
+    return work.name.rsplit("-", 1)[-1]
+
+
 def shard_is_done(work: Path, shard: int) -> bool:
-    """A shard counts only once its marker is written, which happens after its embeddings file."""
+    """A shard counts only once its marker is written, which happens after its embeddings file, and only
+    if the marker records the plan of this work directory (a shard's own record of what made it)."""
     npy, done = _shard_files(work, shard)
-    return done.is_file() and npy.is_file()
+    if not (done.is_file() and npy.is_file()):
+        return False
+    try:
+        return json.loads(done.read_text()).get("plan") == _plan_digest(work)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _embed_shards(paths: list[str], shards: list[int], work: Path, embed_fn: Callable, make_dataset: Callable, *,
@@ -211,7 +256,7 @@ def _embed_shards(paths: list[str], shards: list[int], work: Path, embed_fn: Cal
             with atomic_write(npy) as f:
                 np.save(f, shard["rows"])
             save_json(done, {"shard": s, "start": spans[s][0], "stop": spans[s][1], "dim": int(emb.shape[1]),
-                             "failed": shard["failed"]})
+                             "failed": shard["failed"], "plan": _plan_digest(work)})
             shard.clear()
         bar.update(len(rows))
 

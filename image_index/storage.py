@@ -2,7 +2,10 @@
 
     {dir_imagenet}/index/{tag}_{split}/embeddings.npy   float16 (N, D), rows L2-normalised, memory-mapped
                                       /filenames.txt    N image basenames, same order (sorted path order)
-                                      /meta.json        clip_arch, split, dim, count, image_size, ...
+                                      /meta.json        clip_arch, split, dim, count, image_size,
+                                                        clip_weights (the identity of the CLIP weights a
+                                                        build embedded with; absent in older builds and
+                                                        converted pickles), ...
                                       /failed_images.txt  images that could not be read (build only)
                                       /embeddings_fp32.npy  float32 (N, D), only for a converted pickle whose
                                                         values float16 cannot hold (exact retrieval)
@@ -34,6 +37,7 @@ EMBEDDINGS_FILE, FILENAMES_FILE, META_FILE, FAILED_FILE = "embeddings.npy", "fil
     "failed_images.txt"
 EMBEDDINGS_FP32_FILE = "embeddings_fp32.npy"
 FORMAT_VERSION = 1
+CLIP_WEIGHTS_KEY = "clip_weights"  # meta.json: the CLIP weights' identity, recorded by the caller of the build
 REBUILD_HINT = "python main_reco.py --config CFG --stage index"
 
 

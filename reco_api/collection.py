@@ -8,21 +8,30 @@
 Index directories are named by collection and CLIP, so several coexist. An ImageNet index stores
 basenames (the original's format); a folder's index stores paths relative to collection_dir, since
 basenames need not be unique there.
+
+A built index records the identity of the CLIP weights it embedded with (meta.json "clip_weights": the
+record every artefact uses, reco_api.reference_setting.weights_identity, a file's by its content hash), so
+retrieval with other weights is refused (check_index_weights) although the directory name, which holds
+only the architecture, is the same. Indexes without that record (older builds, the authors' converted
+pickle) are used as before.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Any, Optional
 
 from PIL import Image
 
 from datasets import imagenet
 from image_index.published import ensure_index
-from image_index.storage import (REBUILD_HINT, ImageNetIndex, IndexNotFoundError, index_dir, index_tag, load_index,
-                                 missing_index_message, published_pickle_hint, published_pickle_path)
-from reco_api.settings import CollectionSettings
+from image_index.storage import (CLIP_WEIGHTS_KEY, META_FILE, REBUILD_HINT, ImageNetIndex, IndexNotFoundError,
+                                 index_dir, index_tag, load_index, missing_index_message, published_pickle_hint,
+                                 published_pickle_path)
+from reco_api.reference_setting import Record, setting_differences, weights_identity
+from reco_api.settings import CollectionSettings, ModelSpec
 from utils.config import ConfigError, require_dir
 
 INDEX_FOLDER = "index"
@@ -118,6 +127,46 @@ def collection_of(settings: CollectionSettings, clip_arch: str) -> Collection:
                           clip_arch, is_imagenet=True)
     root = require_dir(settings, "collection_dir").resolve()
     return Collection("collection_dir", root, settings.label, clip_arch, is_imagenet=False)
+
+
+def clip_weights_record(clip: ModelSpec, memo: Optional[Path] = None) -> Record:
+    """What an index build records of its CLIP weights (meta.json "clip_weights"); `memo`: the file
+    remembering content hashes (ReferenceSettings.hash_memo), so a large CLIP is hashed once."""
+    return weights_identity(clip.weights, memo)
+
+
+def check_index_weights(collection: Collection, clip: ModelSpec, memo: Optional[Path] = None) -> None:
+    """ConfigError (one line) when the built index of `collection` records other CLIP weights than
+    `clip` (compared as every artefact's record is: reference_setting.setting_differences). Nothing to
+    check without a built index or without the record (older builds, the converted published pickle).
+    Only records are compared (the weights file's content hash, remembered by its stat): no model is built."""
+    try:
+        recorded = json.loads((collection.index_dir / META_FILE).read_text()).get(CLIP_WEIGHTS_KEY)
+    except (OSError, ValueError, AttributeError):  # absent or unreadable: load_index reports it
+        return
+    if recorded is None:
+        return
+    current = clip_weights_record(clip, memo)
+    if not setting_differences({"arch": clip.arch, "weights": recorded}, {"arch": clip.arch, "weights": current}):
+        return
+    directory = collection.index_dir
+    raise ConfigError(f"weights.clip: the index {directory} was built with other CLIP weights "
+                      f"({_describe_weights(recorded)}, recorded in its {META_FILE}) than weights.clip="
+                      f"{clip.weights!r} ({_describe_weights(current)}); remove {directory} to rebuild it with "
+                      f"these weights (`{REBUILD_HINT}`), or point weights.clip at the weights it was built with")
+
+
+def _describe_weights(record: Any) -> str:
+    if not isinstance(record, dict):
+        return json.dumps(record)
+    kind, name = record.get("kind"), record.get("name")
+    if kind == "file":
+        if record.get("bytes") is None:
+            return f"the file {name}, absent"
+        return f"the file {name}, {record['bytes']} bytes, {str(record.get('sha256'))[:19]}"
+    if kind in ("folder", "tag"):
+        return f"the open_clip {kind} {name}"
+    return str(kind)
 
 
 def image_extensions() -> frozenset[str]:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from datasets import imagenet
 from reco.references import compute_reference_embeddings
 from reco.retrieval import ExactRows, retrieve_top_k
-from reco_api.collection import Collection, collection_of
+from reco_api.collection import Collection, check_index_weights, collection_of
 from reco_api.models import DenseClipModels, build_retrieval_clip, clip_precision
 from reco_api.reference_cache import FileReferenceCache, references_to_compute
 from reco_api.settings import ReferenceSettings
@@ -133,6 +133,7 @@ def retrieve(settings: ReferenceSettings, names: Sequence[str], device: torch.de
     collection = retrieval_collection(settings)
     collection.require_index()
     check_index_size(settings)
+    check_index_weights(collection, settings.models.clip, settings.hash_memo)  # before the text is embedded
     with timing.stage("text", log=True):
         queries = (retrieval_text or retrieval_text_embeddings(settings, device))(list(names))
     index = collection.load_index(expected_dim=queries.shape[1])
