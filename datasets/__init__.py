@@ -6,9 +6,22 @@ Main entry points:
     datasets.benchmarks.collate, datasets.benchmarks.size_grouped_batches
     datasets.metadata.categories / eval_categories / palette / prediction_to_eval / context_categories
 """
-from .benchmarks import BenchmarkDataset, UnreadableImageError, build_benchmark, collate, size_grouped_batches
+import importlib
+from typing import Any
+
 from .metadata import categories, context_categories, eval_categories, palette, prediction_to_eval
 from .registry import BENCHMARKS, BenchmarkSpec, benchmark_names, get_benchmark, register_benchmark
+
+# the readers import torch: loaded on first use, so that the registry and the class lists answer at once
+# (scripts/reco_ovss.sh lists the benchmarks before anything runs)
+_READERS = ("BenchmarkDataset", "UnreadableImageError", "build_benchmark", "collate", "size_grouped_batches")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _READERS:
+        return getattr(importlib.import_module(".benchmarks", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BENCHMARKS", "BenchmarkDataset", "BenchmarkSpec", "UnreadableImageError", "benchmark_names",

@@ -14,19 +14,21 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import numpy as np
-from torch.utils.data import Dataset
 
 from utils.palette import voc_colormap
 from utils.registry import Registry
 
 from .ovss_layout import VOC2010_CONTEXT, VOC2012, OvssLayout
 
+if TYPE_CHECKING:  # torch only for the annotations: listing the benchmarks needs no torch import
+    from torch.utils.data import Dataset
+
 # A reader is a callable (spec, root, split) -> BenchmarkDataset, or "module:attribute" naming one; it
 # receives its own spec (name, splits, layout) rather than repeating its registry name.
-Reader = Union[str, Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]]
+Reader = Union[str, Callable[["BenchmarkSpec", Union[str, os.PathLike], str], "Dataset"]]
 # Metadata is a JSON file name in datasets/metadata/, or a zero-argument loader returning the value.
 Names = Union[str, Callable[[], Sequence[str]]]
 Colours = Union[str, Callable[[], np.ndarray]]
@@ -85,7 +87,7 @@ class BenchmarkSpec:
         return resolve_reader(self.reader)(self, root, split)
 
 
-def resolve_reader(reader: Reader) -> Callable[["BenchmarkSpec", Union[str, os.PathLike], str], Dataset]:
+def resolve_reader(reader: Reader) -> Callable[["BenchmarkSpec", Union[str, os.PathLike], str], "Dataset"]:
     """A reader callable, importing "module:attribute" on first use."""
     if callable(reader):
         return reader

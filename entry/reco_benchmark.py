@@ -16,7 +16,7 @@ from entry.evaluation_loop import combine_ranks, readable_batches, write_scores
 from entry.pseudo_masks import PseudoMaskStore
 from entry.reco_index import references_on_rank0
 from entry.reco_ovss import run_ovss_benchmark
-from entry.run_dirs import cosegmentation_visualiser, reference_pickle_path, run_dir_of
+from entry.run_dirs import cosegmentation_visualiser, reference_pickle_path, run_dir_of, write_run_record
 from reco.references import reference_problem, stack_references
 from reco_api.models import DenseClipModels, build_dense_clip, build_encoder, inference_models
 from reco_api.predictor import Predictor
@@ -27,10 +27,10 @@ from reco_api.references import check_index_size, compute_references
 from reco_api.settings import (InferenceSettings, ReferenceSettings, crf_settings, inference_settings,
                                reference_settings)
 from utils import distributed, timing
-from utils.config import ConfigError, RecoConfig, config_to_dict
+from utils.config import ConfigError, RecoConfig
 from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
-from utils.io import safe_load_pickle, save_json
+from utils.io import safe_load_pickle
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_panels
 
@@ -79,8 +79,7 @@ def _run_benchmark(config: RecoConfig, split: str, references_only: bool) -> dic
         masks.record_setting()  # before any mask of this setting
     distributed.barrier()  # the setting is recorded before any rank writes or reads a mask of it
     if main:
-        save_json(run_dir / "config.json", {**config_to_dict(config), "split": split, "setting": setting},
-                  sort_keys=True)
+        write_run_record(run_dir, config, split, setting)
     dataset = build_benchmark(config.dataset_name, config.dir_dataset, split)  # fails early on a bad tree
     if not reusable:
         check_index_size(settings)  # n_imgs against the index, before minutes of model loading

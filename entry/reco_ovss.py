@@ -27,7 +27,7 @@ from datasets import metadata
 from datasets.benchmarks import AnnotationMismatchError, build_benchmark
 from entry.evaluation_loop import combine_ranks, readable_batches, write_scores
 from entry.reco_index import references_on_rank0
-from entry.run_dirs import cosegmentation_visualiser, run_dir_of
+from entry.run_dirs import cosegmentation_visualiser, run_dir_of, write_run_record
 from reco.ovss import (ProbabilityBackground, benchmark_queries, ovss_class_scores, ovss_labels, query_list,
                        upsampled_argmax)
 from reco.references import stack_references
@@ -39,10 +39,9 @@ from reco_api.reference_setting import run_setting
 from reco_api.references import compute_references
 from reco_api.settings import crf_settings, inference_settings, reference_settings
 from utils import distributed, timing
-from utils.config import ConfigError, RecoConfig, config_to_dict
+from utils.config import ConfigError, RecoConfig
 from utils.crf import denormalise_image
 from utils.device import resolve_device, setup_logging
-from utils.io import save_json
 from utils.metrics import RunningScore, named_scores
 from utils.visualise import save_panels
 
@@ -135,8 +134,7 @@ def run_ovss_benchmark(config: RecoConfig, split: str = "val", references_only: 
     if distributed.is_main():  # under torchrun rank 0 writes the shared files and the log
         setup_logging(run_dir / "reco.log")
         timing.set_output_dir(run_dir)
-        save_json(run_dir / "config.json", {**config_to_dict(config), "split": split,
-                                            "setting": run_setting(settings)}, sort_keys=True)
+        write_run_record(run_dir, config, split, run_setting(settings))
     else:
         setup_logging(level=logging.WARNING)
     logger.info("ReCo on %s %s (%d classes, %d query names) -> %s (device %s)", config.dataset_name, split,

@@ -2,8 +2,10 @@
 co-segmentation pictures (shared by the paper benchmarks and the open-vocabulary ones)."""
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,10 +13,13 @@ import torch.nn.functional as F
 from reco_api.reference_setting import reference_experiment_name, run_experiment_name
 from reco_api.settings import reference_settings
 from utils import timing
-from utils.config import RecoConfig
+from utils.config import RecoConfig, config_to_dict
 from utils.crf import denormalise_image
+from utils.io import save_json
 from utils.naming import file_name_part
 from utils.visualise import save_cosegmentation
+
+logger = logging.getLogger("reco")
 
 
 def run_dir_of(config: RecoConfig, split: str) -> Path:
@@ -49,3 +54,24 @@ def cosegmentation_visualiser(run_dir: Path,
                                 maps.cpu().numpy(), title=name)
 
     return visualise
+
+
+def write_run_record(run_dir: Path, config: RecoConfig, split: str, setting: dict[str, Any]) -> None:
+    """config.json: the config, the split and the setting of the run. The co-segmentation pictures of a
+    run directory that recorded another setting are removed first: names come from file names, so two
+    settings (weights replaced under the same name) share a run directory, and a reference read from the
+    cache draws no picture, which would leave the other setting's picture beside this run's results."""
+    record = run_dir / "config.json"
+    pictures = sorted(run_dir.glob("coseg_*.png"))
+    if pictures and _recorded_setting(record) != json.loads(json.dumps(setting)):
+        for picture in pictures:
+            picture.unlink(missing_ok=True)
+        logger.info("removed %d co-segmentation pictures of another setting from %s", len(pictures), run_dir)
+    save_json(record, {**config_to_dict(config), "split": split, "setting": setting}, sort_keys=True)
+
+
+def _recorded_setting(record: Path) -> Optional[Any]:
+    try:
+        return json.loads(record.read_text()).get("setting")
+    except (OSError, ValueError, AttributeError):
+        return None  # no record, or not one this version can read: the pictures are of no known setting

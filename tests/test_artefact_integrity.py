@@ -235,3 +235,27 @@ def test_pseudo_masks_of_a_then_b_killed_and_resumed(world, tmp_path):
     for n, point in result["points"].items():
         assert point["killed_rc"] == -9 and point["rerun_rc"] == 0, n
         assert point["after_rerun"] == result["uninterrupted"], f"a kill at rename {n}: the resumed run differs"
+
+
+def test_pictures_of_another_setting_never_stay_beside_a_run(world, tmp_path):
+    """A and B share a run directory (same file names), each with its own reference cache. B's references
+    come from its cache on its second run, so it draws no picture: A's pictures must not stay beside B's
+    results."""
+    from entry.run_dirs import run_dir_of
+
+    for sub in ("ImageNet2012", "cityscapes"):
+        shutil.copytree(world["root"] / sub, tmp_path / sub, symlinks=True)
+    config_a, config_b = (config_with(tmp_path, name, world[f"encoder_{name.lower()}"], cosegmentation_pictures=True,
+                                      reference_cache_dir=str(tmp_path / f"references_{name}")) for name in "AB")
+    run = run_dir_of(load_reco_config(config_a), "val")
+    assert run == run_dir_of(load_reco_config(config_b), "val")
+    assert main_reco.main(["--config", str(config_b), "--stage", "references"]) == 0
+    pictures_b = {p.name: p.read_bytes() for p in run.glob("coseg_*.png")}
+    assert main_reco.main(["--config", str(config_a), "--stage", "references"]) == 0
+    pictures_a = {p.name: p.read_bytes() for p in run.glob("coseg_*.png")}
+    assert pictures_a.keys() == pictures_b.keys() and pictures_a != pictures_b
+    assert main_reco.main(["--config", str(config_b), "--stage", "references"]) == 0  # all from B's cache
+    assert not list(run.glob("coseg_*.png"))
+    assert f"removed {len(pictures_a)} co-segmentation pictures of another setting" in (run / "reco.log").read_text()
+    assert main_reco.main(["--config", str(config_b), "--stage", "references"]) == 0  # same setting: nothing to do
+    assert "removed" not in (run / "reco.log").read_text().split("ReCo on")[-1]
