@@ -30,13 +30,13 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt", ".safetensors")
 
 @contextmanager
 def random_init(arch: str) -> Iterator[None]:
-    """Build a network with 'random' weights inside this: its weights are a function of `arch` alone, not
-    of torch's RNG state when it is built. Models are built lazily (DenseCLIP only when a reference is
-    computed), so without this two runs of one setting could get two different random models, and a run
-    that reads cached references would disagree with the run that computed them. The global RNG is left
-    as it was."""
+    """Build a network with 'random' weights inside this: its weights are a function of the seed torch was
+    last seeded with (a run's `seed`, through `seed_everything`) and of `arch`, not of how many random
+    numbers were drawn since. Models are built lazily (DenseCLIP only when a reference is computed), so
+    without this two runs of one setting could get two different random models, and a run that reads
+    cached references would disagree with the run that computed them. The global RNG is left as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(zlib.crc32(arch.encode()))
+        torch.manual_seed((torch.initial_seed() + zlib.crc32(arch.encode())) % 2**63)
         yield
 
 

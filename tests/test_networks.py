@@ -86,8 +86,8 @@ def test_tiny_clip_random(arch):
         text = model.encode_text(tokens)
     assert image.shape == (3, 32) and text.shape == (2, 32)
     assert torch.isfinite(image).all() and torch.isfinite(text).all()
-    # the same random model every time (see the test below)
-    torch.manual_seed(1)
+    # seeded by torch's seed (see the test below)
+    torch.manual_seed(0)
     again, _ = build_clip(arch, "random")
     assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), again.state_dict().values()))
 
@@ -363,8 +363,8 @@ def test_encoder_weight_errors(tmp_path):
 
 def test_random_weights_do_not_depend_on_the_rng_state_and_leave_it_alone():
     """Models are built lazily (DenseCLIP only when a reference is computed), so 'random' must mean one
-    model per architecture, whatever ran before: else a run that computes references and a run that reads
-    them back would use two different random models."""
+    model per seed and architecture, whatever was drawn before: else a run that computes references and a
+    run that reads them back would use two different random models."""
     def parameters(model):
         return torch.cat([p.detach().flatten().float() for p in model.parameters()])
 
@@ -377,5 +377,5 @@ def test_random_weights_do_not_depend_on_the_rng_state_and_leave_it_alone():
     assert torch.equal(parameters(clip_a), parameters(clip_b))
     assert torch.equal(parameters(encoder_a), parameters(encoder_b))
     assert torch.equal(torch.get_rng_state(), after) and not torch.equal(state, after)
-    other = build_clip("tiny-vit-clip", "random")[0]
-    assert parameters(other).shape != parameters(clip_a).shape or not torch.equal(parameters(other), parameters(clip_a))
+    torch.manual_seed(1)  # another seed: another model
+    assert not torch.equal(parameters(build_encoder("tiny-vit", "random")), parameters(encoder_a))
