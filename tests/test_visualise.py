@@ -3,6 +3,7 @@ legend swatches, a colour scale on the co-segmentation maps."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,3 +131,23 @@ def test_cosegmentation_figure_has_a_colour_scale_of_the_cosine_similarity():
     assert fig.get_suptitle() == "traffic light"
     for artist in [fig._suptitle, bar.ax.yaxis.label] + bar.ax.get_yticklabels():
         assert_inside(fig, artist)
+
+
+def test_importing_the_project_leaves_pyplot_alone():
+    """No module uses pyplot: a notebook that imports the API keeps its own backend (inline plots)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, reco_api, utils.visualise, entry.reco_benchmark, entry.reco_plus; "
+            "print('matplotlib.pyplot' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+def test_training_curves_are_drawn_without_pyplot(tmp_path):
+    from utils.visualise import plot_training_curves
+
+    plot_training_curves(tmp_path / "curves.png", [{"iteration": i, "loss": 1 / (i + 1), "miou": i / 10}
+                                                   for i in range(5)])
+    assert Image.open(tmp_path / "curves.png").size == (900, 320)

@@ -1,9 +1,10 @@
 """Figures: evaluation panels, co-segmentation maps, own-image overlays and legends, training curves.
 
-The only module that plots. Figures are drawn on `Figure` objects of their own (not through pyplot's
-global state, so that threads such as the web demo's requests can draw at the same time), laid out
-with matplotlib's constrained layout so that titles, legends and colour bars stay inside the picture,
-and written atomically.
+The only module that plots. Figures are drawn on `Figure` objects of their own, never through pyplot:
+threads such as the web demo's requests can draw at the same time, importing the project leaves the
+user's pyplot backend alone (a notebook keeps its inline plots), and pyplot's import time is saved.
+Titles, legends and colour bars stay inside the picture (constrained layout, or a layout by hand where a
+picture is drawn per category), and files are written atomically.
 
 Overlays tint the image's grey levels, not its colours: a class colour blended with the image's own hue
 changes hue (navy over a blue sky reads as blue, maroon over green grass as brown) and could not be
@@ -18,15 +19,11 @@ import itertools
 import os
 from typing import Mapping, Optional, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from utils.io import atomic_write  # noqa: E402
+from utils.io import atomic_write
 
 OVERLAY_ALPHA = 0.5  # weight of the class colour in an overlay; the image's grey level has the rest
 IGNORED_NAME = "ignored (not scored)"  # legend entry of the ground truth's black, out-of-range labels
@@ -237,7 +234,8 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping]) ->
 
     records: dicts with "iteration" and any of "loss", "miou", "miou_crf".
     """
-    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = Figure(figsize=(9, 3.2))
+    ax_loss, ax_iou = fig.subplots(1, 2)
     for ax, keys in ((ax_loss, ("loss",)), (ax_iou, ("miou", "miou_crf"))):
         for key in keys:
             points = [(r["iteration"], r[key]) for r in records if r.get(key) is not None]
@@ -257,6 +255,5 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping]) ->
 def _save_figure(fig: Figure, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     with atomic_write(path, "wb") as f:
         f.write(buffer.getvalue())
