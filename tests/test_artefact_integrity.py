@@ -32,12 +32,18 @@ from utils.config import load_reco_config
 VOLATILE = ["reco.log", "timings.json", ".file_hashes.json"]  # times; stats of files (inode, ctime)
 
 
-def write_encoder(path: Path, seed: int) -> Path:
+def write_seeded_weights(path: Path, seed: int, build) -> Path:
+    """The state dict of `build()` under torch seed `seed`, saved to `path`: two seeds give two files of
+    the same name and size with other bytes."""
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    spec = get_encoder("tiny-vit")
-    torch.save(spec.build(spec).state_dict(), path)
+    torch.save(build().state_dict(), path)
     return path
+
+
+def write_encoder(path: Path, seed: int) -> Path:
+    spec = get_encoder("tiny-vit")
+    return write_seeded_weights(path, seed, lambda: spec.build(spec))
 
 
 def replace_keeping_stat(path: Path, source: Path) -> None:

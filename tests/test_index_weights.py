@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 import main_reco
@@ -25,7 +24,7 @@ from image_index.storage import load_index
 from index_driver import tiny_embed_fn
 from networks.clip import get_clip
 from synthetic import write_cityscapes, write_imagenet
-from test_artefact_integrity import replace_keeping_stat
+from test_artefact_integrity import replace_keeping_stat, write_seeded_weights
 from test_end_to_end import reco_config
 from utils.config import ConfigError
 from utils.file_identity import content_hash
@@ -34,11 +33,8 @@ LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d [A-Z]+ ")  # the run's log on stderr; th
 
 
 def write_clip(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = get_clip("tiny-vit-clip")
-    torch.save(spec.build(spec, "fp32", "cpu").state_dict(), path)
-    return path
+    return write_seeded_weights(path, seed, lambda: spec.build(spec, "fp32", "cpu"))
 
 
 @pytest.fixture(scope="module")
