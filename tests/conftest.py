@@ -74,6 +74,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _reco_log_handler_on_the_session_stderr():
+    """The 'reco' logger's stderr handler keeps the stderr of the first `setup_logging` call. Made here, at
+    the start of the session, it never holds the stream of one test's `capsys`, which is closed after that
+    test (a later test would log into a closed file): the tests pass in any order and selection."""
+    from utils.logs import setup_logging
+
+    setup_logging()
+
+
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory):
     """`python main_reco.py --demo` run once per session: (its folder, what it printed). Tests that only
