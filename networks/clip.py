@@ -50,7 +50,8 @@ def build_clip(
     weights: an OpenAI TorchScript archive (its state dict read without running its code, QuickGELU), a
         plain state-dict file (loaded strictly), a folder holding an open_clip release (open_clip_config.json,
         weights, tokenizer files), one of the spec's open_clip pretrained tags such as 'openai' (downloads;
-        online only), or 'random' (from the seed torch was seeded with: see `random_init`). `key` is the config key named in errors.
+        online only), or 'random' (from the seed torch was seeded with: see `random_init`). `key` is the
+        config key named in errors.
     precision: 'fp32', 'fp16', 'bf16' or 'auto' (fp16 on CUDA, as the original `clip.load`; else fp32).
     """
     spec = get_clip(arch)

@@ -175,7 +175,7 @@ class RecoConfig:
                                             doc="categories that reuse a context's reference embedding")
     n_visualisations: int = key(10, range=">= 0", doc="evaluation panels written per run")
     cosegmentation_pictures: bool = key(True, doc="write `coseg_{category}.png` for each reference a run "
-                                        "computes (about 0.3 s each on a CPU)")
+                                        "computes (about 0.15 s each on a CPU)")
     clip_precision: Literal["auto", "fp32", "fp16", "bf16"] = key(
         "auto", doc="`auto`: CLIP towers in `fp16` on CUDA (as the original), `fp32` on CPU; `bf16` has fp16's "
         "speed on recent GPUs, further from the original's embeddings")
